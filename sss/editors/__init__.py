@@ -1,0 +1,6 @@
+"""Editors: one small module each, all behind ``Editor.edit(requests) -> EditHandle``."""
+from .base import EDITORS, EditHandle, Editor, EditorConfig, WeightEditHandle, editor_class, register_editor
+from .ft import FTL, FTLConfig
+
+__all__ = ["EDITORS", "EditHandle", "Editor", "EditorConfig", "WeightEditHandle", "editor_class",
+           "register_editor", "FTL", "FTLConfig"]
