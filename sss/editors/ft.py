@@ -20,24 +20,25 @@ from tqdm.auto import tqdm
 from ..data import EditRequest, encode_pairs
 from ..data.tokenize import context_length
 from ..losses import edit_loss
-from ..models import layout_of, mlp_out_path, second_order_attention
+from ..models import layout_of, mlp_out_path, num_blocks, second_order_attention
 from .base import Editor, EditorConfig, WeightEditHandle, register_editor, snapshot
 
 logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("prompt_last", "target_new")
 
-# Per-architecture defaults for the fields left as None. GPT-2: the paper's GPT-2 XL setting
-# (block 0, radius 5e-4). Llama family (SmolLM2-135M): see README "FT-L on SmolLM2"; radius 5e-4
-# cannot flip a fact in 25 steps there, 5e-3 does.
+# Per-architecture defaults for the fields left as None. The block is given as a fraction of the
+# depth so that one entry serves every size of a family. GPT-2: the paper's GPT-2 XL setting
+# (block 0, radius 5e-4). Llama family (SmolLM2-135M: block 10 of 30): see docs/ftl.md; radius
+# 5e-4 cannot flip a fact there in 25 steps, 5e-3 does.
 ARCH_DEFAULTS: Dict[str, dict] = {
-    "gpt2": {"layers": (0,), "norm_constraint": 5e-4},
-    "gpt_neo": {"layers": (0,), "norm_constraint": 5e-4},
-    "gptj": {"layers": (0,), "norm_constraint": 5e-4},
-    "llama": {"layers": (10,), "norm_constraint": 5e-3},
-    "mistral": {"layers": (21,), "norm_constraint": 5e-4},
-    "qwen2": {"layers": (10,), "norm_constraint": 5e-3},
-    "qwen3": {"layers": (10,), "norm_constraint": 5e-3},
+    "gpt2": {"depth_fraction": 0.0, "norm_constraint": 5e-4},
+    "gpt_neo": {"depth_fraction": 0.0, "norm_constraint": 5e-4},
+    "gptj": {"depth_fraction": 0.0, "norm_constraint": 5e-4},
+    "llama": {"depth_fraction": 1 / 3, "norm_constraint": 5e-3},
+    "mistral": {"depth_fraction": 1 / 3, "norm_constraint": 5e-3},
+    "qwen2": {"depth_fraction": 1 / 3, "norm_constraint": 5e-3},
+    "qwen3": {"depth_fraction": 1 / 3, "norm_constraint": 5e-3},
 }
 
 
@@ -76,11 +77,12 @@ class FTL(Editor):
 
     def __init__(self, model, tokenizer, config: Optional[FTLConfig] = None, **kwargs):
         super().__init__(model, tokenizer, config, **kwargs)
-        defaults = ARCH_DEFAULTS.get(layout_of(model) and model.config.model_type, {})
+        layout_of(model)  # an unknown architecture fails here, with the list of known ones
+        defaults = ARCH_DEFAULTS.get(model.config.model_type, ARCH_DEFAULTS["gpt2"])
         if self.config.layers is None:
-            self.config.layers = defaults.get("layers", (0,))
+            self.config.layers = (round(defaults["depth_fraction"] * (num_blocks(model) - 1)),)
         if self.config.norm_constraint is None:
-            self.config.norm_constraint = defaults.get("norm_constraint", 5e-4)
+            self.config.norm_constraint = defaults["norm_constraint"]
         self.parameter_names = self._trained_parameter_names()
 
     def _trained_parameter_names(self) -> List[str]:

@@ -7,13 +7,18 @@ import torch.nn.functional as F
 from ..data import PairBatch
 
 
+def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
+    # Log-softmax in half precision loses the small probabilities; never downcast float64.
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def target_log_probs(logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
     """Log-probability of each label under teacher forcing, [B, L-1], zero off the target.
 
     Position t's token is predicted by the logits at t-1, so logits drop their last column and
     labels their first.
     """
-    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    log_probs = torch.log_softmax(_at_least_fp32(logits[:, :-1]), dim=-1)
     labels = batch.labels[:, 1:]
     mask = batch.target_mask[:, 1:]
     picked = log_probs.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
@@ -33,7 +38,7 @@ def prompt_last_nll(logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
     averaged over the target's tokens; only the prediction right after the prompt is trained.
     """
     rows = torch.arange(len(batch), device=logits.device)
-    last = torch.log_softmax(logits[rows, batch.last_prompt_positions].float(), dim=-1)  # [B, V]
+    last = torch.log_softmax(_at_least_fp32(logits[rows, batch.last_prompt_positions]), dim=-1)  # [B, V]
     labels = batch.labels.clamp_min(0)
     picked = last.gather(-1, labels) * batch.target_mask  # [B, L]
     return -picked.sum(-1) / batch.target_lengths.to(picked.dtype)
@@ -41,8 +46,8 @@ def prompt_last_nll(logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
 
 def locality_kl(pre_logits: torch.Tensor, post_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """KL(p_pre || p_post) averaged over the masked positions (Eq. 5)."""
-    pre = torch.log_softmax(pre_logits.float(), dim=-1)
-    post = torch.log_softmax(post_logits.float(), dim=-1)
+    pre = torch.log_softmax(_at_least_fp32(pre_logits), dim=-1)
+    post = torch.log_softmax(_at_least_fp32(post_logits), dim=-1)
     per_position = (pre.exp() * (pre - post)).sum(-1)
     mask = mask.to(per_position.dtype)
     return (per_position * mask).sum() / mask.sum().clamp_min(1.0)

