@@ -1,0 +1,60 @@
+"""CounterFact in EasyEdit's layout.
+
+``{"case_id", "prompt", "target_new", "subject", "ground_truth", "rephrase_prompt",
+"locality_prompt", "locality_ground_truth"}``. The locality prompt is one of ROME's
+neighborhood prompts: its label is the true object, so besides the generic ``neighborhood``
+probe (Table 1's locality) it yields a Distract-Neighbor. Unrelated Attributes come from other
+records about the same subject (see ``same_subject``).
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+from ..probes import NEIGHBORHOOD, distract_neighbors
+from ..requests import EditRequest
+from .base import (Format, ReadStats, build_request, case_id, first_text, is_text, locality_probes, paired,
+                   subject_in_prompt, texts)
+from .same_subject import relation_words, same_relation_by_words, unrelated_attributes
+
+NAME = "counterfact"
+
+
+def convert(records, stats: ReadStats) -> List[Optional[EditRequest]]:
+    subjects = [subject_in_prompt(record.get("subject"), record["prompt"], stats) for record in records]
+    prompts = [record["prompt"] if is_text(record["prompt"]) else "" for record in records]
+    true_objects = [first_text(record["ground_truth"]) for record in records]
+    relations = [relation_words(prompt, subject) for prompt, subject in zip(prompts, subjects)]
+    unrelated = unrelated_attributes(subjects, prompts, true_objects, relations, same_relation_by_words)
+    return [_convert_one(record, index, subjects[index], true_objects[index], unrelated[index], stats)
+            for index, record in enumerate(records)]
+
+
+def _convert_one(record, index, subject, target_true, unrelated, stats: ReadStats) -> EditRequest:
+    prompt = record["prompt"]
+    target_new = first_text(record["target_new"]) or record["target_new"]  # empty: EditRequest names it
+    neighbors = locality_probes(paired(record["locality_prompt"], record["locality_ground_truth"]),
+                                NEIGHBORHOOD, stats, NAME)
+    pre_neighbors = [probe for probe in neighbors if probe.answer == target_true]
+    # A malformed prompt or target is reported by EditRequest (naming the field), not here.
+    distracts = distract_neighbors(prompt, target_new, pre_neighbors) if is_text(prompt) and is_text(target_new) else ()
+    return build_request(
+        NAME, index,
+        prompt=prompt,
+        target_new=target_new,
+        subject=subject,
+        target_true=target_true,
+        rephrase_prompts=tuple(texts(record["rephrase_prompt"])),
+        locality=(*neighbors, *distracts, *unrelated),
+        case_id=case_id(record, index),
+        metadata={"format": NAME, "index": index},
+    )
+
+
+FORMAT = Format(
+    name=NAME,
+    required=("prompt", "target_new", "ground_truth", "rephrase_prompt", "locality_prompt",
+              "locality_ground_truth"),
+    convert=convert,
+    description="CounterFact, EasyEdit layout (prompt, target_new, ground_truth, rephrase_prompt, "
+                "locality_prompt, locality_ground_truth)",
+)

@@ -1,0 +1,88 @@
+"""CounterFact in ROME's own layout.
+
+``{"case_id", "requested_rewrite": {"prompt": "{} is located in", "subject", "relation_id",
+"target_new": {"str", "id"}, "target_true": {"str", "id"}}, "paraphrase_prompts",
+"neighborhood_prompts", "attribute_prompts", "generation_prompts"}``.
+
+The prompt's ``{}`` is filled with the subject. ``neighborhood_prompts`` are other subjects
+whose true object is ``target_true`` (Pre-Neighbors), ``attribute_prompts`` other subjects whose
+true object is ``target_new`` (Post-Neighbors); each Pre-Neighbor also gives a Distract-Neighbor,
+and other records about the same subject with another ``relation_id`` give Unrelated Attributes.
+``generation_prompts`` (free-text fluency checks) are not probes and are left out.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from ..probes import POST_NEIGHBOR, PRE_NEIGHBOR, distract_neighbors
+from ..requests import EditRequest
+from .base import (Format, ReadStats, build_request, case_id, first_text, is_text, locality_probes, lookup,
+                   texts)
+from .same_subject import same_relation_by_id, unrelated_attributes
+
+NAME = "counterfact-rome"
+SLOT = "{}"
+
+
+def convert(records, stats: ReadStats) -> List[Optional[EditRequest]]:
+    subjects = [first_text(lookup(record, "requested_rewrite.subject")) for record in records]
+    prompts = [_fill(record, index, subject) for index, (record, subject) in enumerate(zip(records, subjects))]
+    true_objects = [first_text(lookup(record, "requested_rewrite.target_true.str")) for record in records]
+    relations = [lookup(record, "requested_rewrite.relation_id") or f"record {index}"
+                 for index, record in enumerate(records)]  # no relation id: never "the same relation"
+    unrelated = unrelated_attributes(subjects, prompts, true_objects, relations, same_relation_by_id)
+    return [_convert_one(record, index, subjects[index], prompts[index], true_objects[index], unrelated[index], stats)
+            for index, record in enumerate(records)]
+
+
+def _fill(record, index: int, subject: Optional[str]) -> str:
+    template = lookup(record, "requested_rewrite.prompt")
+    if not isinstance(template, str) or SLOT not in template:
+        raise ValueError(f"record {index} ({NAME}): requested_rewrite.prompt must contain the subject slot "
+                         f"{SLOT!r}, got {template!r}")
+    if subject is None:
+        raise ValueError(f"record {index} ({NAME}): requested_rewrite.subject is empty")
+    return template.replace(SLOT, subject)
+
+
+def _prompt_texts(value: Any) -> List[str]:
+    """Neighbor prompts are strings in counterfact.json, ``{"prompt": ...}`` dicts in some copies."""
+    if isinstance(value, (list, tuple)):
+        return [text for item in value for text in _prompt_texts(item)]
+    if isinstance(value, dict):
+        return texts(value.get("prompt"))
+    return texts(value)
+
+
+def _convert_one(record, index, subject, prompt, target_true, unrelated, stats: ReadStats) -> EditRequest:
+    target_new = lookup(record, "requested_rewrite.target_new.str")
+    pre = locality_probes([(p, target_true) for p in _prompt_texts(record["neighborhood_prompts"])],
+                          PRE_NEIGHBOR, stats, NAME)
+    post = locality_probes([(p, target_new) for p in _prompt_texts(record.get("attribute_prompts"))],
+                           POST_NEIGHBOR, stats, NAME)
+    distracts = distract_neighbors(prompt, target_new, pre) if is_text(target_new) else ()
+    rewrite = record["requested_rewrite"]
+    return build_request(
+        NAME, index,
+        prompt=prompt,
+        target_new=target_new,
+        subject=subject,
+        target_true=target_true,
+        rephrase_prompts=tuple(_prompt_texts(record["paraphrase_prompts"])),
+        locality=(*pre, *post, *distracts, *unrelated),
+        case_id=case_id(record, index),
+        metadata={"format": NAME, "index": index, "relation_id": rewrite.get("relation_id"),
+                  "prompt_template": rewrite.get("prompt"),
+                  "target_new_id": lookup(rewrite, "target_new.id"),
+                  "target_true_id": lookup(rewrite, "target_true.id")},
+    )
+
+
+FORMAT = Format(
+    name=NAME,
+    required=("requested_rewrite.prompt", "requested_rewrite.subject", "requested_rewrite.target_new.str",
+              "requested_rewrite.target_true.str", "paraphrase_prompts", "neighborhood_prompts"),
+    convert=convert,
+    description="CounterFact, ROME layout (requested_rewrite with a {} subject slot, paraphrase_prompts, "
+                "neighborhood_prompts, attribute_prompts)",
+)
