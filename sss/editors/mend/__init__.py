@@ -1,0 +1,9 @@
+"""MEND (Mitchell et al., "Fast Model Editing at Scale", ICLR 2022): a trained gradient transform.
+
+``network``: the transform of each edited layer's factors; ``hooks``: the inner pass that
+captures them; ``editor``: the ``MEND`` editor, its objective, training and checkpoints.
+"""
+from .editor import MEND, MENDConfig
+from .network import GradientTransform, LowRankResidual, MENDNetworks, RunningNorm
+
+__all__ = ["MEND", "MENDConfig", "GradientTransform", "LowRankResidual", "MENDNetworks", "RunningNorm"]

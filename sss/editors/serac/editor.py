@@ -1,0 +1,384 @@
+"""SERAC (Mitchell et al. 2022, "Memory-Based Model Editing at Scale") behind sss's Editor interface.
+
+The base model is never changed. ``edit(requests)`` appends the requests to an explicit
+:class:`EditMemory` and returns a handle that removes exactly those entries again;
+``editor.model`` is the :class:`RoutedModel` that evaluation uses: the scope classifier decides
+per input whether a stored edit applies, and if so the counterfactual model (by default a copy of
+the base model) answers with the edit's text in front of the input.
+
+Training (``fit``) runs the shared loop of :mod:`sss.train`; SERAC implements its ``Trainable``
+protocol here and takes its losses from :mod:`.objective`. With ``regularizer=SSSRegularizer()``
+the counterfactual model's objective becomes the paper's Eq. 10.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from ...data import EditRequest
+from ..base import EditHandle, Editor, EditorConfig, register_editor
+from . import objective
+from .classifier import CLASSIFIERS, ScopeClassifier, build_classifier
+from .memory import EditMemory
+from .routed import RoutedModel
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_KIND = "serac"
+
+
+@dataclass
+class SERACConfig(EditorConfig):
+    """SERAC's hyper-parameters. Defaults: the paper's / EasyEdit's (``lr=1e-5``, ``c_e=0.1``,
+    threshold 0.5) where they say; the rest are sss's choices, documented in docs/serac.md.
+
+    ``classifier``: "embedding" (bi-encoder with learned similarity) or "cross" (cross-encoder).
+    ``encoder``: the classifier's sentence encoder, None for the bundled MiniLM.
+    ``counterfactual``: a model name/path for the counterfactual model (it must share the base
+    model's tokenizer); None copies the base model (the paper's setting).
+    ``lr`` trains the counterfactual model, ``cls_lr`` the classifier's encoder and ``head_lr``
+    its freshly initialised similarity/head.
+    """
+
+    threshold: float = 0.5
+    classifier: str = "embedding"
+    encoder: Optional[str] = None
+    encoder_max_length: int = 128
+    train_encoder: bool = True
+    counterfactual: Optional[str] = None
+    separator: str = "\n"
+    lr: float = 1e-5
+    cls_lr: float = 1e-5
+    head_lr: float = 1e-3
+    c_e: float = 0.1
+    c_loc: float = 1.0
+    c_cls: float = 1.0
+
+    def __post_init__(self):
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be a probability in (0, 1), got {self.threshold!r}")
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f"unknown classifier {self.classifier!r}; choose one of {', '.join(CLASSIFIERS)}")
+        for name in ("lr", "cls_lr", "head_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("c_e", "c_loc", "c_cls"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)!r}")
+        if not isinstance(self.separator, str):
+            raise ValueError(f"separator must be a string, got {type(self.separator).__name__}")
+
+
+class MemoryEditHandle(EditHandle):
+    """One SERAC edit: the memory entries it added. ``restore()`` removes exactly those.
+
+    Handles are keyed by the memory (the state they change), so edits of one memory are undone
+    newest first; ``handle.model`` is therefore the memory, and ``handle.entry_ids`` its entries.
+    """
+
+    def __init__(self, memory: EditMemory, entry_ids: List[int], requests, editor: str):
+        super().__init__(memory, requests, editor, {"entry_ids": list(entry_ids)})
+        self.memory = memory
+        self.entry_ids = list(entry_ids)
+
+    def _undo(self) -> None:
+        self.memory.remove(self.entry_ids)
+
+
+class _Trained(nn.Module):
+    """The modules SERAC trains, in one tree (what the training loop wraps; not the base model)."""
+
+    def __init__(self, counterfactual: nn.Module, classifier: ScopeClassifier):
+        super().__init__()
+        self.counterfactual = counterfactual
+        self.classifier = classifier
+
+
+@register_editor("serac")
+class SERAC(Editor):
+    """``SERAC(model, tokenizer, config=None, *, scope_classifier=None, counterfactual_model=None,
+    model_name=None, regularizer=None, progress=True, **overrides)``.
+
+    ``model_name`` is recorded in checkpoints (default: the model's ``name_or_path``).
+    ``scope_classifier``: a ready :class:`ScopeClassifier` (default: built as the config's
+    ``classifier`` and ``encoder`` say); ``counterfactual_model``: a ready causal LM sharing the
+    base model's tokenizer (default: as the config's ``counterfactual`` says, i.e. a copy of the
+    base model).
+    """
+
+    config_class = SERACConfig
+    # Some encoder/LM parameters (e.g. position embeddings past the longest sequence) may get no
+    # gradient in an episode; DDP must not wait for them.
+    find_unused_parameters = True
+
+    def __init__(self, model, tokenizer, config: Optional[SERACConfig] = None, *,
+                 scope_classifier: Optional[ScopeClassifier] = None,
+                 counterfactual_model: Optional[nn.Module] = None, model_name: Optional[str] = None, **kwargs):
+        super().__init__(model, tokenizer, config, **kwargs)
+        self.model_name = model_name or getattr(model.config, "name_or_path", None) or model.config.model_type
+        classifier = scope_classifier
+        if classifier is None:
+            classifier = build_classifier(self.config.classifier, self.config.encoder,
+                                          max_length=self.config.encoder_max_length)
+        if not isinstance(classifier, ScopeClassifier):
+            raise ValueError(f"scope_classifier must be a ScopeClassifier, got {type(classifier).__name__}")
+        self.classifier = classifier.to(self.device).eval()
+        self.counterfactual = self._counterfactual(counterfactual_model).eval()
+        for param in self.classifier.encoder_parameters():
+            param.requires_grad_(self.config.train_encoder)
+        self.memory = EditMemory()
+        self._routed = RoutedModel(model, self.counterfactual, self.classifier, self.memory, tokenizer,
+                                   threshold=self.config.threshold, separator=self.config.separator)
+        self._trained = _Trained(self.counterfactual, self.classifier)
+
+    def _counterfactual(self, given: Optional[nn.Module]) -> nn.Module:
+        if given is None and self.config.counterfactual is None:
+            given = copy.deepcopy(self.base_model)
+        elif given is None:
+            from ...models import load_model
+
+            given, _ = load_model(self.config.counterfactual, dtype=next(self.base_model.parameters()).dtype,
+                                  device=self.device)
+        if given is self.base_model:
+            raise ValueError("the counterfactual model must be a separate model (training would change the base)")
+        base_vocab = self.base_model.get_input_embeddings().num_embeddings
+        cf_vocab = given.get_input_embeddings().num_embeddings
+        if cf_vocab != base_vocab:
+            raise ValueError(f"the counterfactual model has a vocabulary of {cf_vocab} tokens but the base model "
+                             f"{base_vocab}: they must share one tokenizer")
+        for param in given.parameters():
+            param.requires_grad_(True)
+        return given
+
+    # -- editing -----------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> RoutedModel:
+        """The edited system (a causal-LM-like wrapper); the base model stays untouched."""
+        self._routed.threshold = self.config.threshold
+        self._routed.separator = self.config.separator
+        return self._routed
+
+    def _apply(self, requests: List[EditRequest]) -> MemoryEditHandle:
+        ids = self.memory.add(requests)
+        # Encode the new entries now, so an edit's cost is paid at edit time, not by the next query.
+        self.memory.keys_for(self.classifier)
+        return MemoryEditHandle(self.memory, ids, requests, self.name)
+
+    def save_memory(self, folder: Union[str, Path]) -> Path:
+        return self.memory.save(folder, self.classifier)
+
+    def load_memory(self, folder: Union[str, Path]) -> EditMemory:
+        """Replace the memory with a saved one (edits made before are dropped; their handles are void)."""
+        loaded = EditMemory.load(folder, self.classifier)
+        self.memory.__dict__.update(loaded.__dict__)  # keep the object the routed model and handles refer to
+        return self.memory
+
+    # -- training (the sss.train Trainable protocol) ------------------------------------------------
+
+    def trainable_module(self) -> nn.Module:
+        return self._trained
+
+    def param_groups(self) -> List[dict]:
+        groups = [{"name": "counterfactual", "params": list(self.counterfactual.parameters()), "lr": self.config.lr},
+                  {"name": "classifier_head", "params": self.classifier.head_parameters(),
+                   "lr": self.config.head_lr}]
+        if self.config.train_encoder:
+            groups.append({"name": "classifier_encoder", "params": self.classifier.encoder_parameters(),
+                           "lr": self.config.cls_lr})
+        return groups
+
+    def training_loss(self, episode) -> Tuple[torch.Tensor, Dict[str, float]]:
+        cls_loss, logits, examples = objective.classifier_loss(self.classifier, episode.requests, episode.locality)
+        batches = objective.counterfactual_batches(self.tokenizer, self.counterfactual, episode.requests,
+                                                   episode.locality, self.config.separator)
+        cf_loss, logs, _ = objective.counterfactual_loss(self.counterfactual, self.base_model, batches,
+                                                         c_e=self.config.c_e, c_loc=self.config.c_loc,
+                                                         regularizer=self.regularizer)
+        logs = logs | {"cls_loss": float(cls_loss.detach())}
+        logs |= objective.scope_metrics(logits.detach(), examples, self.config.threshold)
+        return self.config.c_cls * cls_loss + cf_loss, logs
+
+    @torch.no_grad()
+    def validation_metrics(self, episode) -> Dict[str, float]:
+        """Losses and the routed system's accuracy on one episode (its edits are the memory).
+
+        ``edit_loss`` (what early stopping watches) is the unregularised objective:
+        ``c_e * L_e + c_loc * L_loc + c_cls * L_cls``. ``reliability``/``generality`` are the routed
+        system's teacher-forced token accuracy on the edit prompts / rephrasings, ``locality`` its
+        argmax agreement with the base model on the locality inputs' answers.
+        """
+        cls_loss, logits, examples = objective.classifier_loss(self.classifier, episode.requests, episode.locality)
+        metrics = objective.scope_metrics(logits, examples, self.config.threshold)
+        batches = objective.counterfactual_batches(self.tokenizer, self.counterfactual, episode.requests,
+                                                   episode.locality, self.config.separator)
+        cf_loss, logs, cf_logits = objective.counterfactual_loss(self.counterfactual, self.base_model, batches,
+                                                                 c_e=self.config.c_e, c_loc=self.config.c_loc)
+        metrics |= logs | {"cls_loss": float(cls_loss), "edit_loss": float(cf_loss + self.config.c_cls * cls_loss)}
+        metrics |= self._system_accuracy(episode, logits, examples, batches, cf_logits)
+        return metrics
+
+    def _system_accuracy(self, episode, logits, examples, batches, cf_logits) -> Dict[str, float]:
+        """Accuracy of the routed system, routing each bare input among the episode's edits."""
+        probs = torch.sigmoid(logits.float())
+        best, index = probs.max(-1)
+        bare_rows = [i for i, bare in enumerate(examples.bare) if bare]
+        routed_own = [(bool(best[i] > self.config.threshold) and int(index[i]) == examples.owners[i])
+                      for i in bare_rows]
+        routed_any = [bool(best[i] > self.config.threshold) for i in bare_rows]
+        requests = episode.requests
+        n_rephrases = sum(len(r.rephrase_prompts) for r in requests)
+        # Bare rows come in the order scope_examples built them: per request its prompt then its
+        # rephrasings, then the locality inputs.
+        edit_rows, rephrase_rows, cursor = [], [], 0
+        for r in requests:
+            edit_rows.append(cursor)
+            rephrase_rows.extend(range(cursor + 1, cursor + 1 + len(r.rephrase_prompts)))
+            cursor += 1 + len(r.rephrase_prompts)
+        loc_rows = list(range(cursor, cursor + len(episode.locality)))
+
+        cf_edit = objective.token_accuracy(cf_logits["edits"], batches.edits)
+        # Unrouted in-scope inputs are answered by the base model; it scores the same target.
+        base_batch = _unconditioned_batch(self, requests, "edits")
+        base_edit = objective.token_accuracy(self.base_model(**base_batch.model_inputs).logits, base_batch)
+        reliability = [float(cf_edit[j] if routed_own[row] else base_edit[j]) for j, row in enumerate(edit_rows)]
+        metrics = {"reliability": sum(reliability) / len(reliability)}
+        if n_rephrases:
+            cf_reph = objective.token_accuracy(cf_logits["rephrases"], batches.rephrases)
+            base_batch = _unconditioned_batch(self, requests, "rephrases")
+            base_reph = objective.token_accuracy(self.base_model(**base_batch.model_inputs).logits, base_batch)
+            generality = [float(cf_reph[j] if routed_own[row] else base_reph[j]) for j, row in enumerate(rephrase_rows)]
+            metrics["generality"] = sum(generality) / len(generality)
+        agreement = objective.answer_agreement(cf_logits["base_locality"], cf_logits["locality"],
+                                               batches.locality_plain)
+        locality = [float(agreement[j]) if routed_any[row] else 1.0 for j, row in enumerate(loc_rows)]
+        metrics["locality"] = sum(locality) / len(locality)
+        return metrics
+
+    def fit(self, train_requests: Sequence[EditRequest], val_requests: Sequence[EditRequest] = (),
+            config=None):
+        """Train the classifier and the counterfactual model with :func:`sss.train.train`."""
+        from ...train import TrainConfig, train
+
+        config = config or TrainConfig()
+        self.memory_check_empty("fit")
+        try:
+            result = train(self, train_requests, val_requests, config)
+        finally:
+            self.classifier.mark_changed()
+            self._trained.eval()
+        return result
+
+    def memory_check_empty(self, action: str) -> None:
+        if len(self.memory):
+            logger.warning("%s with %d edits in memory: their cached keys will be recomputed", action,
+                           len(self.memory))
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        # named_parameters lists a tied weight once (safetensors refuses shared tensors).
+        return {f"{part}.{name}": param.detach() for part, module in
+                (("counterfactual", self.counterfactual), ("classifier", self.classifier))
+                for name, param in module.named_parameters(remove_duplicate=True)}
+
+    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        own = self.state_dict()
+        problems = [f"{k}: in the checkpoint, not in this SERAC" for k in sorted(set(state) - set(own))]
+        problems += [f"{k}: missing from the checkpoint" for k in sorted(set(own) - set(state))]
+        problems += [f"{k}: checkpoint shape {tuple(state[k].shape)}, here {tuple(own[k].shape)}"
+                     for k in sorted(set(own) & set(state)) if tuple(state[k].shape) != tuple(own[k].shape)]
+        if problems:
+            raise ValueError("the SERAC weights do not match this model:\n  " + "\n  ".join(problems[:20]))
+        params = {f"{part}.{name}": p for part, module in
+                  (("counterfactual", self.counterfactual), ("classifier", self.classifier))
+                  for name, p in module.named_parameters(remove_duplicate=True)}
+        with torch.no_grad():
+            for name, tensor in state.items():
+                params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+        self.classifier.mark_changed()
+
+    def checkpoint_config(self) -> dict:
+        return {
+            "editor": CHECKPOINT_KIND,
+            "base_model": self.model_name,
+            "model_type": self.base_model.config.model_type,
+            "vocab_size": self.base_model.get_input_embeddings().num_embeddings,
+            "config": self.config.to_dict(),
+            "classifier": type(self.classifier).__name__,
+            "regularizer": None if self.regularizer is None else self.regularizer.describe(),
+        }
+
+    # -- files --------------------------------------------------------------------------------------
+
+    def save(self, folder: Union[str, Path]) -> Path:
+        """Write the trained weights (safetensors) and the config (JSON) into ``folder``."""
+        from ...train import write_checkpoint
+
+        return write_checkpoint(folder, self.state_dict(), {"trainable": self.checkpoint_config()})
+
+    @classmethod
+    def load(cls, folder: Union[str, Path], model, tokenizer, *, regularizer=None, progress: bool = True,
+             **overrides) -> "SERAC":
+        """A SERAC for ``model`` with the weights in ``folder`` (a ``save`` folder or a training
+        ``out_dir``, whose ``best/`` is used). Refused, with what differs, if it does not fit.
+
+        The regularizer it was trained with is rebuilt (so reports say "w/ SSS"); SSS acts during
+        training only, so it changes nothing about editing. ``overrides`` change config fields
+        that do not affect the weights (e.g. ``threshold``)."""
+        from ...train import read_checkpoint
+
+        folder = Path(folder)
+        if not (folder / "weights.safetensors").exists() and (folder / "best" / "weights.safetensors").exists():
+            folder = folder / "best"
+        tensors, saved = read_checkpoint(folder)
+        info = saved.get("trainable", saved)
+        if info.get("editor") != CHECKPOINT_KIND:
+            raise ValueError(f"{folder} is a {info.get('editor')!r} checkpoint, not a SERAC one")
+        problems = []
+        if info.get("model_type") != model.config.model_type:
+            problems.append(f"architecture: checkpoint {info.get('model_type')!r}, model {model.config.model_type!r}")
+        vocab = model.get_input_embeddings().num_embeddings
+        if info.get("vocab_size") != vocab:
+            problems.append(f"vocabulary: checkpoint {info.get('vocab_size')}, model {vocab}")
+        if problems:
+            raise ValueError(f"the SERAC checkpoint {folder} does not fit this model:\n  " + "\n  ".join(problems))
+        names = {f.name for f in dataclasses.fields(SERACConfig)}
+        config = SERACConfig(**{k: v for k, v in info["config"].items() if k in names})
+        if regularizer is None:
+            regularizer = _regularizer_from(info.get("regularizer"))
+        editor = cls(model, tokenizer, config, regularizer=regularizer, model_name=info.get("base_model"),
+                     progress=progress, **overrides)
+        editor.load_state_dict(tensors)
+        return editor
+
+
+def _unconditioned_batch(editor: SERAC, requests, which: str):
+    from ...data import encode_pairs
+    from ...data.tokenize import context_length
+
+    if which == "edits":
+        prompts, targets = [r.prompt for r in requests], [r.target_new for r in requests]
+    else:
+        rows = [(p, r.target_new) for r in requests for p in r.rephrase_prompts]
+        prompts, targets = [p for p, _ in rows], [t for _, t in rows]
+    return encode_pairs(editor.tokenizer, prompts, targets, max_length=context_length(editor.tokenizer, editor.base_model),
+                        device=editor.device)
+
+
+
+def _regularizer_from(description: Optional[dict]):
+    """The regularizer a checkpoint was trained with, rebuilt from its description."""
+    from ...losses import SSSRegularizer
+
+    if description is None:
+        return None
+    if description.get("name") == "SSSRegularizer":
+        return SSSRegularizer(**{k: v for k, v in description.items() if k != "name"})
+    logger.warning("the checkpoint was trained with %s, which sss cannot rebuild; loading without it", description)
+    return None

@@ -1,0 +1,184 @@
+"""What SERAC learns from one training episode (see ``sss.train.Episode``).
+
+The scope classifier and the counterfactual model share no parameter, so their losses are
+simply added and each trains as if alone (the paper: "trained independently"):
+
+* **classifier**: balanced binary cross-entropy over the ``[inputs x edits]`` logit matrix. An
+  input is in scope of its own request's edit (the edit prompt and its rephrasings) and out of
+  scope of every other edit of the episode; locality inputs are out of scope of all. Each input
+  appears bare and with its answer appended, because under teacher forcing the routed model
+  classifies the whole sequence, answer included.
+* **counterfactual model** (Eq. 4-6): ``L_e`` is the target NLL on ``edit + separator + x`` for
+  ``x`` the edit prompt and its rephrasings; ``L_loc`` the KL from the base model on a locality
+  input to the counterfactual model reading that input after an (unrelated) edit, over every
+  position of the input, so a misrouted input is answered as the base model would.
+  ``L_ori = c_e * L_e + c_loc * L_loc``; with a regularizer the loss is Eq. 10,
+  ``(1 - C) * L_ori + C * penalty``, the penalty taken on the counterfactual model's forward
+  pass of the conditioned edit prompts (the edit example ``x_e`` of the paper).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ...data import PairBatch, encode_pairs
+from ...data.tokenize import context_length
+from ...losses import locality_kl, target_nll
+from ...models import second_order_attention
+from .conditioning import edit_text, prefix_ids, prepend
+
+
+@dataclass
+class ScopeExamples:
+    """Classifier inputs of one episode and which edit (column) each one belongs to (-1: none)."""
+
+    texts: List[str]
+    owners: List[int]
+    bare: List[bool]  # False for the copies with the answer appended
+
+    def labels(self, n_edits: int, device) -> torch.Tensor:
+        owners = torch.tensor(self.owners, device=device)
+        return (owners.unsqueeze(1) == torch.arange(n_edits, device=device).unsqueeze(0)).float()
+
+
+def scope_examples(requests, locality) -> ScopeExamples:
+    texts, owners, bare = [], [], []
+
+    def add(prompt: str, answer: str, owner: int):
+        texts.extend([prompt, prompt + " " + answer.lstrip()])
+        owners.extend([owner, owner])
+        bare.extend([True, False])
+
+    for j, request in enumerate(requests):
+        for prompt in (request.prompt,) + tuple(request.rephrase_prompts):
+            add(prompt, request.target_new, j)
+    for probe in locality:
+        add(probe.prompt, probe.answer, -1)
+    return ScopeExamples(texts, owners, bare)
+
+
+def classifier_loss(classifier, requests, locality) -> Tuple[torch.Tensor, torch.Tensor, ScopeExamples]:
+    """``(balanced BCE, logits [N, k], examples)`` for one episode."""
+    examples = scope_examples(requests, locality)
+    logits = classifier.logits(examples.texts, [edit_text(r) for r in requests])
+    labels = examples.labels(len(requests), logits.device)
+    per_entry = F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="none")
+    positives, negatives = labels.bool(), ~labels.bool()
+    # Negatives outnumber positives k-to-1 and more; weighting both halves equally keeps the
+    # classifier from learning "never in scope".
+    parts = [per_entry[mask].mean() for mask in (positives, negatives) if mask.any()]
+    return torch.stack(parts).mean(), logits, examples
+
+
+def scope_metrics(logits: torch.Tensor, examples: ScopeExamples, threshold: float) -> Dict[str, float]:
+    """Routing accuracy over the bare inputs: in-scope rows must pick their own edit above the
+    threshold, out-of-scope rows must stay below it for every edit."""
+    probs = torch.sigmoid(logits.float())
+    best, index = probs.max(-1)
+    owners = torch.tensor(examples.owners, device=logits.device)
+    bare = torch.tensor(examples.bare, device=logits.device)
+    inside = (owners >= 0) & bare
+    outside = (owners < 0) & bare
+    routed_right = (best > threshold) & (index == owners)
+    rejected = best <= threshold
+    metrics = {"scope_in_acc": float(routed_right[inside].float().mean()) if inside.any() else float("nan"),
+               "scope_out_acc": float(rejected[outside].float().mean()) if outside.any() else float("nan")}
+    correct = torch.where(owners >= 0, routed_right, rejected)[bare]
+    metrics["scope_acc"] = float(correct.float().mean())
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# The counterfactual model's batches
+
+
+@dataclass
+class CounterfactualBatches:
+    edits: PairBatch  # conditioned edit prompts -> target_new (the edit examples)
+    rephrases: Optional[PairBatch]  # conditioned rephrasings -> target_new
+    locality: PairBatch  # conditioned locality inputs -> their answers
+    locality_plain: PairBatch  # the same locality inputs, unconditioned (for the base model)
+    locality_prefix: List[int]  # prefix length of each locality row
+
+
+def counterfactual_batches(tokenizer, model, requests, locality, separator: str) -> CounterfactualBatches:
+    device = next(model.parameters()).device
+    limit = context_length(tokenizer, model)
+    prefixes = [prefix_ids(tokenizer, edit_text(r), separator) for r in requests]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def conditioned(prompts, targets, owner_prefixes):
+        plain = encode_pairs(tokenizer, prompts, targets, max_length=limit, device=device)
+        batch = prepend(plain, owner_prefixes, pad)
+        if limit is not None and batch.input_ids.shape[1] > limit:
+            raise ValueError(f"an edit with its input is {batch.input_ids.shape[1]} tokens, longer than the "
+                             f"counterfactual model's context of {limit}")
+        return plain, batch
+
+    _, edits = conditioned([r.prompt for r in requests], [r.target_new for r in requests], prefixes)
+    rephrase_rows = [(p, r.target_new, prefixes[j]) for j, r in enumerate(requests) for p in r.rephrase_prompts]
+    rephrases = conditioned(*map(list, zip(*rephrase_rows)))[1] if rephrase_rows else None
+    # Locality probe i reads request i's edit (the loop gives one probe per request).
+    loc_prefixes = [prefixes[i % len(prefixes)] for i in range(len(locality))]
+    plain, loc = conditioned([p.prompt for p in locality], [p.answer for p in locality], loc_prefixes)
+    return CounterfactualBatches(edits, rephrases, loc, plain, [len(p) for p in loc_prefixes])
+
+
+def strip_prefix(logits: torch.Tensor, prefix_lengths: List[int], width: int) -> torch.Tensor:
+    """Conditioned logits [B, L', V] -> the input's own positions [B, width, V] (zeros past the end)."""
+    out = logits.new_zeros(logits.shape[0], width, logits.shape[-1])
+    for b, k in enumerate(prefix_lengths):
+        span = min(width, logits.shape[1] - k)
+        out[b, :span] = logits[b, k:k + span]
+    return out
+
+
+def counterfactual_loss(model, base, batches: CounterfactualBatches, *, c_e: float, c_loc: float,
+                        regularizer=None) -> Tuple[torch.Tensor, Dict[str, float], Dict[str, torch.Tensor]]:
+    """``(loss, logs, logits)`` of the counterfactual model on one episode's batches."""
+    logs: Dict[str, float] = {}
+    if regularizer is not None:
+        with second_order_attention(model):
+            edit_logits, edit_nll, penalty = regularizer.loss_and_penalty(model, batches.edits)
+        logs["penalty"] = float(penalty.detach())
+    else:
+        edit_logits = model(**batches.edits.model_inputs).logits
+        edit_nll, penalty = target_nll(edit_logits, batches.edits), None
+    nlls = [edit_nll]
+    rephrase_logits = None
+    if batches.rephrases is not None:
+        rephrase_logits = model(**batches.rephrases.model_inputs).logits
+        nlls.append(target_nll(rephrase_logits, batches.rephrases))
+    edit_loss = torch.cat(nlls).mean()
+
+    with torch.no_grad():
+        base_logits = base(**batches.locality_plain.model_inputs).logits
+    loc_logits = model(**batches.locality.model_inputs).logits
+    aligned = strip_prefix(loc_logits, batches.locality_prefix, base_logits.shape[1])
+    loc_loss = locality_kl(base_logits, aligned, batches.locality_plain.attention_mask.bool())
+
+    loss = c_e * edit_loss + c_loc * loc_loss
+    logs.update({"cf_edit_nll": float(edit_loss.detach()), "loc_kl": float(loc_loss.detach()),
+                 "cf_loss_ori": float(loss.detach())})
+    if penalty is not None:
+        loss = regularizer.combine(loss, penalty)
+    logits = {"edits": edit_logits, "rephrases": rephrase_logits, "locality": aligned, "base_locality": base_logits}
+    return loss, logs, logits
+
+
+def token_accuracy(logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
+    """Per example: the fraction of target tokens that are the argmax under teacher forcing."""
+    predicted = logits[:, :-1].argmax(-1)
+    mask = batch.target_mask[:, 1:]
+    hits = ((predicted == batch.labels[:, 1:]) & mask).sum(-1).float()
+    return hits / mask.sum(-1).clamp_min(1).float()
+
+
+def answer_agreement(pre_logits: torch.Tensor, post_logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
+    """Per example: the fraction of answer positions where both models' argmax tokens agree."""
+    mask = batch.target_mask[:, 1:]
+    same = (pre_logits[:, :-1].argmax(-1) == post_logits[:, :-1].argmax(-1)) & mask
+    return same.sum(-1).float() / mask.sum(-1).clamp_min(1).float()

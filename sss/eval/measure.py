@@ -1,0 +1,117 @@
+"""Measuring one request: every probe it carries, in batched passes, scored by every metric.
+
+A request expands into probes of four families:
+
+* ``reliability``: the edit prompt, expecting ``target_new``;
+* ``generality``: each rephrasing, expecting ``target_new``;
+* ``locality``: each locality probe, expecting the unedited model's behaviour (``agreement``)
+  and, reported separately, its own answer (``token_acc``, ``exact_match``);
+* ``portability``: each portability probe, expecting its answer.
+
+:func:`observe` runs all of a request's probes through the model together (one teacher-forced
+pass over every pair, one ``generate`` over every prompt, split only at ``batch_size`` rows), and
+:func:`score` turns two observations (edited, and the cached unedited one) into metric values.
+Keeping the two apart is what lets the protocols compute the unedited observations once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+from ..data import EditRequest
+from .metrics import TeacherForced, agreement, exact_match, greedy_continuations, mean, prob_margin, \
+    teacher_forced, token_acc
+
+FAMILIES = ("reliability", "generality", "locality", "portability")
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One prompt to check, what it should continue with, and (optionally) the rival answer."""
+
+    family: str
+    category: str
+    prompt: str
+    answer: str
+    rival: Optional[str] = None  # prob_margin: `answer` should be more likely than this
+
+    def to_dict(self) -> dict:
+        return {"family": self.family, "category": self.category, "prompt": self.prompt, "answer": self.answer,
+                "rival": self.rival}
+
+
+def probes_of(request: EditRequest) -> List[ProbeSpec]:
+    """The probes that measure ``request``, in a fixed order (reliability first)."""
+    new, true = request.target_new, request.target_true
+    probes = [ProbeSpec("reliability", "edit", request.prompt, new, true)]
+    probes += [ProbeSpec("generality", "rephrase", text, new, true) for text in request.rephrase_prompts]
+    for probe in request.locality:
+        # ROME's neighbourhood score: the neighbour keeps its own answer over the new target.
+        # Only for CounterFact-like requests (a true target), and not when the answer *is* the new
+        # target (Post-Neighbors), where there is nothing to compare.
+        rival = new if true is not None and probe.answer.strip() != new.strip() else None
+        probes.append(ProbeSpec("locality", probe.category, probe.prompt, probe.answer, rival))
+    probes += [ProbeSpec("portability", p.category, p.prompt, p.answer) for p in request.portability]
+    return probes
+
+
+@dataclass
+class Observation:
+    """Raw outputs of one model state on one request's probes (aligned with ``probes``)."""
+
+    probes: List[ProbeSpec]
+    answers: List[TeacherForced]
+    rivals: List[Optional[TeacherForced]]
+    generations: Optional[List[str]]
+
+
+def observe(model, tokenizer, request: EditRequest, *, generate: bool = True, batch_size: int = 32
+            ) -> Observation:
+    """Run every probe of ``request`` through ``model``: teacher forcing, then greedy generation."""
+    probes = probes_of(request)
+    pairs = [(p.prompt, p.answer) for p in probes]
+    rival_rows = [i for i, p in enumerate(probes) if p.rival is not None]
+    pairs += [(probes[i].prompt, probes[i].rival) for i in rival_rows]
+    scored = teacher_forced(model, tokenizer, pairs, batch_size=batch_size)
+    answers = scored[:len(probes)]
+    rivals: List[Optional[TeacherForced]] = [None] * len(probes)
+    for i, result in zip(rival_rows, scored[len(probes):]):
+        rivals[i] = result
+    generations = None
+    if generate:
+        generations = greedy_continuations(model, tokenizer, [p.prompt for p in probes],
+                                           [len(a.labels) for a in answers], batch_size=batch_size)
+    return Observation(probes, answers, rivals, generations)
+
+
+def score(observed: Observation, unedited: Optional[Observation] = None) -> List[Dict[str, float]]:
+    """Metric values of every probe. ``unedited`` (the pre-edit observation) enables ``agreement``."""
+    if unedited is not None and unedited.probes != observed.probes:
+        raise ValueError("the unedited observation belongs to other probes than this one")
+    values = []
+    for i, probe in enumerate(observed.probes):
+        answer = observed.answers[i]
+        probe_values = {"token_acc": token_acc(answer)}
+        if observed.generations is not None:
+            probe_values["exact_match"] = exact_match(observed.generations[i], probe.answer)
+        if observed.rivals[i] is not None:
+            probe_values["prob_margin"] = prob_margin(answer, observed.rivals[i])
+        if probe.family == "locality" and unedited is not None:
+            probe_values["agreement"] = agreement(answer, unedited.answers[i])
+        values.append(probe_values)
+    return values
+
+
+def family_means(probes: Sequence[ProbeSpec], values: Sequence[Dict[str, float]]) -> Dict[str, Dict[str, float]]:
+    """Per family, and per ``family/category`` where a family holds several categories: the mean of
+    each metric over that group's probes (EasyEdit averages per request first, then over requests)."""
+    groups: Dict[str, List[Dict[str, float]]] = {}
+    for probe, probe_values in zip(probes, values):
+        groups.setdefault(probe.family, []).append(probe_values)
+        if probe.family in ("locality", "portability"):
+            groups.setdefault(f"{probe.family}/{probe.category}", []).append(probe_values)
+    result = {}
+    for group, rows in groups.items():
+        names = dict.fromkeys(name for row in rows for name in row)  # in order of appearance
+        result[group] = {name: mean([row[name] for row in rows if name in row]) for name in names}
+    return result

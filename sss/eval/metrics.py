@@ -1,0 +1,221 @@
+"""The metrics, each named by the protocol that defines it, so a number is never ambiguous.
+
+Two batched primitives read the model, both through the interface every editor's ``model``
+keeps (a Hugging Face causal LM, or SERAC's wrapper that behaves like one):
+
+* :func:`teacher_forced` feeds ``prompt + " " + target`` (right padded, :func:`sss.data.encode_pairs`)
+  and returns, for every target token, the argmax prediction and the log-probability of the
+  label (:func:`sss.losses.target_log_probs`); target positions are known by position, never by
+  comparing ids with the pad id (many models pad with EOS).
+* :func:`greedy_continuations` generates, from left-padded prompts (:func:`sss.data.encode_prompts`),
+  as many tokens as each target has and decodes them.
+
+The metric functions then turn those raw outputs into numbers in [0, 1]:
+
+================  =============================================================================
+``token_acc``     EasyEdit's teacher-forced token accuracy: the fraction of a probe's target
+                  tokens whose argmax prediction (given the true prefix) is the target token.
+``exact_match``   greedy generation of as many tokens as ``" " + target`` has; 1 when the decoded
+                  text equals the target after whitespace normalisation (case-sensitive).
+``prob_margin``   ROME's probability comparison: 1 when the expected target's mean per-token
+                  log-probability (teacher forced) is higher than the rival's (for CounterFact:
+                  ``target_new`` over ``target_true`` on edit prompts and paraphrases, the
+                  neighbour's true object over ``target_new`` on neighbourhood prompts).
+``agreement``     locality as EasyEdit measures it: the fraction of a locality probe's answer
+                  positions where the edited model's teacher-forced argmax token equals the
+                  *unedited* model's.
+================  =============================================================================
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from ..data import PairBatch, encode_pairs, encode_prompts
+from ..data.tokenize import context_length
+from ..losses import target_log_probs
+
+PROTOCOLS = {
+    "token_acc": "teacher-forced token accuracy (EasyEdit): prompt + ' ' + target is fed whole; at every "
+                 "target position the argmax of the previous position's logits is compared with the target "
+                 "token; averaged over the probe's target tokens, then over probes",
+    "exact_match": "greedy generation from the left-padded prompt of as many tokens as ' ' + target has; "
+                   "1 if the decoded text equals the target after whitespace normalisation (case-sensitive)",
+    "prob_margin": "probability comparison (ROME): 1 if the expected target's mean per-token log-probability "
+                   "given the prompt (teacher forced) exceeds the rival target's; edit prompts and paraphrases "
+                   "expect target_new over target_true, neighbourhood prompts their own answer over target_new",
+    "agreement": "locality (EasyEdit): fraction of the locality probe's answer positions where the edited "
+                 "model's teacher-forced argmax token equals the unedited model's (computed once, before "
+                 "the first edit)",
+}
+METRICS = tuple(PROTOCOLS)
+
+
+@dataclass(frozen=True)
+class TeacherForced:
+    """What one teacher-forced pass says about one ``(prompt, target)`` pair."""
+
+    predicted: Tuple[int, ...]  # argmax token at each target position
+    labels: Tuple[int, ...]  # the target's tokens (of " " + target)
+    mean_log_prob: float  # mean over the target's tokens of log p(label | prefix)
+
+    def __post_init__(self):
+        if len(self.predicted) != len(self.labels) or not self.labels:
+            raise ValueError(f"a teacher-forced result needs one prediction per target token, got "
+                             f"{len(self.predicted)} predictions for {len(self.labels)} labels")
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def teacher_forced(model, tokenizer, pairs: Sequence[Tuple[str, str]], *, batch_size: int = 32
+                   ) -> List[TeacherForced]:
+    """Score ``(prompt, target)`` pairs in right-padded batches of at most ``batch_size`` rows.
+
+    The pairs are tokenized once; rows of similar length share a forward pass (see
+    :func:`length_buckets`), so short probes are not padded to the longest one.
+    """
+    _check_batch_size(batch_size)
+    if not pairs:
+        return []
+    device, limit = model_device(model), context_length(tokenizer, model)
+    encoded = encode_pairs(tokenizer, [p for p, _ in pairs], [t for _, t in pairs], max_length=limit)
+    results: List[Optional[TeacherForced]] = [None] * len(pairs)
+    for rows in length_buckets((encoded.prompt_lengths + encoded.target_lengths).tolist(), batch_size):
+        batch = _rows_of_pairs(encoded, rows).to(device)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        # Only positions from the shortest prompt's last token on can predict a target token:
+        # drop the columns before it (from the logits and the batch alike, so target_log_probs'
+        # shift by one still lines up) before the vocabulary-wide log-softmax.
+        start = int(batch.prompt_lengths.min()) - 1
+        logits, batch = logits[:, start:], _columns_from(batch, start)
+        log_probs = target_log_probs(logits, batch)  # [B, L-1], zero off the target
+        predicted = logits[:, :-1].argmax(-1)  # position t's token is predicted at t-1
+        mask, labels = batch.target_mask[:, 1:], batch.labels[:, 1:]
+        means = log_probs.sum(-1) / batch.target_lengths.to(log_probs.dtype)
+        for i, row in enumerate(rows):
+            keep = mask[i]
+            results[row] = TeacherForced(tuple(predicted[i][keep].tolist()), tuple(labels[i][keep].tolist()),
+                                         float(means[i]))
+    return results
+
+
+@torch.no_grad()
+def greedy_continuations(model, tokenizer, prompts: Sequence[str], lengths: Sequence[int], *,
+                         batch_size: int = 32) -> List[str]:
+    """Greedy continuation of each prompt, ``lengths[i]`` tokens long, decoded.
+
+    Prompts are padded on the left so every row's last column is its last prompt token; rows of
+    similar length share a ``generate`` call, which runs to the longest length of its rows; each
+    row keeps its own first ``lengths[i]`` new tokens (a row that emitted EOS early keeps what it
+    produced).
+    """
+    _check_batch_size(batch_size)
+    if len(prompts) != len(lengths):
+        raise ValueError(f"got {len(prompts)} prompts but {len(lengths)} lengths")
+    if any(n < 1 for n in lengths):
+        raise ValueError("every continuation needs at least one token")
+    if not prompts:
+        return []
+    device, limit = model_device(model), context_length(tokenizer, model)
+    encoded = encode_prompts(tokenizer, prompts, max_length=limit)
+    prompt_lengths = encoded.attention_mask.sum(-1)
+    texts: List[Optional[str]] = [None] * len(prompts)
+    for rows in length_buckets((prompt_lengths + torch.tensor(list(lengths))).tolist(), batch_size):
+        width = int(prompt_lengths[rows].max())
+        # Left padding: the rows' real tokens all sit in the last `width` columns.
+        input_ids = encoded.input_ids[rows, -width:].to(device)
+        attention_mask = encoded.attention_mask[rows, -width:].to(device)
+        sizes = [lengths[row] for row in rows]
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max(sizes),
+                                do_sample=False)
+        new_tokens = output[:, width:]
+        for i, (row, size) in enumerate(zip(rows, sizes)):
+            texts[row] = tokenizer.decode(new_tokens[i, :size].tolist(), skip_special_tokens=True)
+    return texts
+
+
+# A forward pass has a fixed cost; in padded token slots it is worth about this many (a guess
+# that only shifts where buckets split; results never depend on it).
+CALL_COST_IN_TOKENS = 32
+
+
+def length_buckets(lengths: Sequence[int], max_rows: int, call_cost: int = CALL_COST_IN_TOKENS
+                   ) -> List[List[int]]:
+    """Group row indices into batches of similar length, minimising padded token slots.
+
+    Sorted by length, the rows are cut into consecutive runs of at most ``max_rows``; dynamic
+    programming picks the cuts minimising ``sum(rows * longest) + call_cost * batches``. Ties in
+    length keep the input order, so the grouping depends only on the lengths.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cheapest split of the first j sorted rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(max(0, j - max_rows), j):
+            cost = best[i] + (j - i) * lengths[order[j - 1]] + call_cost
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    buckets, j = [], n
+    while j > 0:
+        buckets.append(order[cut[j]:j])
+        j = cut[j]
+    return buckets[::-1]
+
+
+def _rows_of_pairs(batch: PairBatch, rows: List[int]) -> PairBatch:
+    """Rows of a right-padded batch, with the columns that are padding in all of them dropped."""
+    width = int((batch.prompt_lengths[rows] + batch.target_lengths[rows]).max())
+    return PairBatch(**{name: value[rows] if value.dim() == 1 else value[rows, :width]
+                        for name, value in vars(batch).items()})
+
+
+def _columns_from(batch: PairBatch, start: int) -> PairBatch:
+    """The batch from column ``start`` on (lengths count tokens, so they shrink with the prompt)."""
+    fields = {name: value[:, start:] if value.dim() == 2 else value for name, value in vars(batch).items()}
+    fields["prompt_lengths"] = batch.prompt_lengths - start
+    return PairBatch(**fields)
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+# -- the metrics ---------------------------------------------------------------------------------
+
+def token_acc(result: TeacherForced) -> float:
+    """``token_acc``: fraction of target tokens predicted right under teacher forcing."""
+    hits = sum(int(p == y) for p, y in zip(result.predicted, result.labels))
+    return hits / len(result.labels)
+
+
+def normalise_whitespace(text: str) -> str:
+    return " ".join(text.split())
+
+
+def exact_match(generated: str, target: str) -> float:
+    """``exact_match``: 1.0 when the generation equals the target up to whitespace."""
+    return float(normalise_whitespace(generated) == normalise_whitespace(target))
+
+
+def prob_margin(expected: TeacherForced, rival: TeacherForced) -> float:
+    """``prob_margin``: 1.0 when the expected target's mean token log-prob beats the rival's."""
+    return float(expected.mean_log_prob > rival.mean_log_prob)
+
+
+def agreement(edited: TeacherForced, unedited: TeacherForced) -> float:
+    """``agreement``: fraction of answer positions where edited and unedited argmax tokens agree."""
+    if edited.labels != unedited.labels:
+        raise ValueError("agreement compares two passes over the same probe, but their target tokens differ")
+    same = sum(int(a == b) for a, b in zip(edited.predicted, unedited.predicted))
+    return same / len(edited.labels)
+
+
+def mean(values: Sequence[float]) -> Optional[float]:
+    return sum(values) / len(values) if values else None

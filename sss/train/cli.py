@@ -1,0 +1,170 @@
+"""``sss train EDITOR``: train a trainable editor (MEND, SERAC) from the command line.
+
+Any registered editor with a ``fit(train, val, config)`` method can be trained: it is built as
+``cls(model, tokenizer, regularizer=..., progress=..., **options)`` (plus ``model_name=`` when its
+constructor takes it) and trained by :func:`sss.train.train`. The same command runs under
+``torchrun --nproc_per_node=N -m sss train ...``: every rank loads the model on its own device,
+trains on its share of each step's episodes, and rank 0 writes the checkpoints and prints.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+logger = logging.getLogger("sss.train")
+
+
+def add_train_command(subparsers) -> None:
+    from .config import TrainConfig
+
+    defaults = TrainConfig()
+    parser = subparsers.add_parser(
+        "train", help="train a trainable editor (mend, serac) on edit requests, with or without SSS",
+        description="Train an editor's networks with the shared training loop: Adam, gradient accumulation over "
+                    "the episodes of a step, clipping, validation every --val-every steps, early stopping on the "
+                    "validation edit loss, a checkpoint OUT/best on every new best and OUT/latest to resume from "
+                    "(a rerun with the same OUT continues where it stopped). Runs the same under torchrun.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  sss train mend --model smollm2-135m --train ../shared/data/zsre/zsre_mend_train-1k.json "
+               "--out runs/mend --max-steps 200\n  sss train mend ... --sss-c 0.9 --out runs/mend-sss\n"
+               "  torchrun --nproc_per_node=2 -m sss train mend --model tiny-gpt2 --train data.json --out runs/ddp\n"
+               "then:\n  sss eval --editor mend --checkpoint runs/mend/best --data ... ")
+    parser.add_argument("editor", help="registered editor with a fit() method: mend, serac")
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="built-in name (smollm2-135m, tiny-gpt2, tiny-llama), hub id or folder "
+                             "(default: %(default)s)")
+    parser.add_argument("--train", required=True, metavar="PATH[:format]",
+                        help="training requests: a dataset file (formats: zsre, counterfact, counterfact-rome, "
+                             "knowedit; detected when omitted) or 'demo'")
+    parser.add_argument("--val", default=None, metavar="PATH[:format]",
+                        help="validation requests; omitted: a seeded --val-fraction of --train is held out")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="share of --train held out for validation when --val is omitted (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=None, help="use at most N training requests (seeded subset)")
+    parser.add_argument("--val-limit", type=int, default=None, help="use at most N validation requests")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="folder for best/, latest/ and train_log.jsonl (reused to resume)")
+    parser.add_argument("--sss-c", type=float, default=None, metavar="C",
+                        help="train with the SSS regularizer: (1-C)*L_ori + C*SSS (Eq. 10); omitted: without SSS")
+    parser.add_argument("--sss-target", choices=("last_hidden", "input_embeds"), default="last_hidden",
+                        help="embeddings the SSS gradient is taken against (default: %(default)s)")
+    parser.add_argument("--sss-tokens", choices=("prompt", "all"), default="prompt",
+                        help="tokens whose gradients SSS counts (default: %(default)s)")
+    parser.add_argument("--sss-reduction", choices=("mean", "sum"), default="mean",
+                        help="'mean' over tokens (the paper) or 'sum' (the released code) (default: %(default)s)")
+    loop = parser.add_argument_group("training loop (sss.train.TrainConfig)")
+    loop.add_argument("--max-steps", type=int, default=defaults.max_steps,
+                      help="optimizer steps (default: %(default)s)")
+    loop.add_argument("--edit-batch-size", type=int, default=defaults.edit_batch_size,
+                      help="requests edited together in one episode (default: %(default)s)")
+    loop.add_argument("--episodes-per-step", type=int, default=defaults.episodes_per_step,
+                      help="episodes per optimizer step over all ranks: the global batch; each rank accumulates "
+                           "gradients over its share (default: %(default)s)")
+    loop.add_argument("--lr", action="append", default=[], metavar="GROUP=LR",
+                      help="override the learning rate of one parameter group, e.g. network=1e-5 or edit_lr=1e-3 "
+                           "(MEND's groups: network, edit_lr); repeatable")
+    loop.add_argument("--grad-clip", type=float, default=defaults.grad_clip,
+                      help="clip the gradient norm (default: %(default)s)")
+    loop.add_argument("--val-every", type=int, default=defaults.val_every,
+                      help="validate (and save OUT/latest) every N steps (default: %(default)s)")
+    loop.add_argument("--val-episodes", type=int, default=defaults.val_episodes,
+                      help="validation episodes per validation (default: %(default)s)")
+    loop.add_argument("--patience", type=int, default=defaults.patience,
+                      help="stop after N validations without a better edit loss; 0: never (default: %(default)s)")
+    loop.add_argument("--early-stop-key", default=defaults.early_stop_key,
+                      help="validation metric (lower is better) that picks the best checkpoint and early stopping "
+                           "watches, e.g. edit_loss or loss (the whole objective) (default: %(default)s)")
+    loop.add_argument("--seed", type=int, default=defaults.seed, help="seed (default: %(default)s)")
+    loop.add_argument("--no-resume", dest="resume", action="store_false",
+                      help="start afresh even when OUT/latest exists")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one field of the editor's config, VALUE parsed as JSON when it can be "
+                             "(e.g. --option rank=256 --option layers=[-1]); repeatable")
+    parser.add_argument("--device", default="auto",
+                        help="'auto' (this rank's GPU if any, else CPU), 'cpu', 'cuda' or 'cuda:N' (default: auto)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.set_defaults(func=run_train)
+
+
+def run_train(args) -> int:
+    from .. import distributed
+
+    distributed.init_from_env()
+    try:
+        return _run_train(args, distributed)
+    finally:
+        distributed.cleanup()
+
+
+def _run_train(args, distributed) -> int:
+    from ..cli import _device, load_data, parse_options
+    from ..editors import editor_class
+    from ..losses import SSSRegularizer
+    from ..models import load_model
+    from .config import TrainConfig
+
+    cls = editor_class(args.editor)
+    if not callable(getattr(cls, "fit", None)):
+        raise ValueError(f"editor {args.editor!r} is not trainable (it has no fit method)")
+    if not 0 < args.val_fraction < 1:
+        raise ValueError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+    started = time.perf_counter()
+    train_requests = list(load_data(args.train, limit=args.limit, seed=args.seed))
+    if args.val is not None:
+        val_requests = list(load_data(args.val, limit=args.val_limit, seed=args.seed))
+    else:
+        train_requests, val_requests = holdout(train_requests, args.val_fraction, args.seed)
+        if args.val_limit is not None:
+            val_requests = val_requests[:args.val_limit]
+    logger.info("%d training and %d validation requests", len(train_requests), len(val_requests))
+
+    model, tokenizer = load_model(args.model, device=_device(args.device, distributed))
+    regularizer = None
+    if args.sss_c is not None:
+        regularizer = SSSRegularizer(C=args.sss_c, target=args.sss_target, tokens=args.sss_tokens,
+                                     reduction=args.sss_reduction)
+    options = parse_options(args.option)
+    if "model_name" in inspect.signature(cls.__init__).parameters:
+        options["model_name"] = args.model
+    editor = cls(model, tokenizer, regularizer=regularizer, progress=args.progress, **options)
+    config = TrainConfig(edit_batch_size=args.edit_batch_size, episodes_per_step=args.episodes_per_step,
+                         max_steps=args.max_steps, lr=parse_lrs(args.lr), grad_clip=args.grad_clip,
+                         val_every=args.val_every, val_episodes=args.val_episodes,
+                         patience=args.patience or None, early_stop_key=args.early_stop_key, seed=args.seed,
+                         out_dir=str(args.out), resume=args.resume, progress=args.progress)
+    result = editor.fit(train_requests, val_requests, config)
+    if distributed.is_main():
+        summary = {"steps": result.steps, "best_step": result.best_step, "stopped_early": result.stopped_early,
+                   "best_metrics": result.best_metrics, "best_checkpoint": str(Path(args.out) / "best"),
+                   "minutes": round((time.perf_counter() - started) / 60, 2)}
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def holdout(requests, fraction: float, seed: int):
+    """``(train, val)``: a seeded ``fraction`` of ``requests`` (at least one) held out, order kept."""
+    if len(requests) < 2:
+        raise ValueError("need at least 2 requests to hold some out for validation (or pass --val)")
+    count = max(1, int(round(len(requests) * fraction)))
+    chosen = set(random.Random(seed).sample(range(len(requests)), count))
+    return ([r for i, r in enumerate(requests) if i not in chosen], [r for i, r in enumerate(requests) if i in chosen])
+
+
+def parse_lrs(pairs) -> dict:
+    """``["network=1e-5"]`` -> ``{"network": 1e-5}``."""
+    lrs = {}
+    for pair in pairs:
+        group, sep, value = pair.partition("=")
+        try:
+            lrs[group.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not group.strip():
+            raise ValueError(f"--lr takes GROUP=LR with a number, got {pair!r}")
+    return lrs

@@ -1,0 +1,120 @@
+"""The ``sss`` command: help texts, ``sss eval`` and ``sss demo`` on tiny settings, torchrun sharding."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sss import cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def counterfact_file(path: Path, n: int) -> Path:
+    """``n`` small records in EasyEdit's CounterFact format, written by the test."""
+    countries = ["France", "Spain", "Italy", "Norway", "Chile", "Kenya", "Peru", "Japan"]
+    capitals = ["Paris", "Madrid", "Rome", "Oslo", "Santiago", "Nairobi", "Lima", "Tokyo"]
+    records = [{"case_id": i, "prompt": f"The capital of {c} is", "target_new": capitals[(i + 1) % len(capitals)],
+                "subject": c, "ground_truth": capitals[i], "rephrase_prompt": f"{c}'s capital city is",
+                "locality_prompt": f"The language spoken in {countries[(i + 2) % len(countries)]} is",
+                "locality_ground_truth": "English"}
+               for i, c in enumerate(countries[:n])]
+    path.write_text(json.dumps(records))
+    return path
+
+
+def subparsers_of(parser):
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_every_option_of_every_command_is_explained(capsys):
+    parser = cli.build_parser()
+    commands = subparsers_of(parser)
+    assert {"eval", "demo"} <= set(commands)
+    for name, sub in commands.items():
+        for action in sub._actions:
+            assert action.help and action.help.strip(), f"sss {name} {action.option_strings} has no help"
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([name, "--help"])
+        assert exit_.value.code == 0
+    assert "--sss-c" in capsys.readouterr().out
+
+
+def test_bad_input_exits_with_one_line(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["eval", "--model", "tiny-gpt2", "--data", str(counterfact_file(tmp_path / "cf.json", 1)),
+                  "--option", "steps", "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert "--option takes KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--model", "tiny-gpt2", "--editor", "nope", "--data",
+                  str(tmp_path / "cf.json"), "--out", str(tmp_path / "out")])
+    assert "unknown editor 'nope'" in capsys.readouterr().err
+
+
+def test_parse_options():
+    assert cli.parse_options(["steps=3", "layers=[1]", "objective=target_new"]) == {
+        "steps": 3, "layers": [1], "objective": "target_new"}
+
+
+def test_demo_smoke(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--model", "tiny-gpt2", "--limit", "2", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "| Metric | Unedited | FT-L | FT-L w/ SSS (C=0.9) |" in printed
+    table = (out / "table.md").read_text()
+    assert "Reliability (token_acc)" in table and "Locality (agreement)" in table
+    reports = sorted(p.name for p in out.glob("results_*.json"))
+    assert reports == ["results_ft-l.json", "results_ft-l_sss_c=0.9.json"]
+    with_sss = json.loads((out / "results_ft-l_sss_c=0.9.json").read_text())
+    assert with_sss["regularizer"]["C"] == 0.9 and len(with_sss["records"]) == 2
+    assert with_sss["data"] == "demo" and with_sss["model"] == "tiny-gpt2"
+    assert (out / "comparison.png").stat().st_size > 1000
+
+
+def test_eval_sweep_and_sequential_figures(tmp_path, capsys):
+    data = counterfact_file(tmp_path / "cf.json", 2)
+    out = tmp_path / "eval"
+    code = cli.main(["eval", "--model", "tiny-gpt2", "--data", f"{data}:counterfact", "--mode", "sequential",
+                     "--checkpoints", "1", "--sss-c", "0.5", "0.9", "--baseline", "--option", "steps=2",
+                     "--no-generate", "--out", str(out), "--no-progress"])
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {
+        "results_ft-l.json", "results_ft-l_sss_c=0.5.json", "results_ft-l_sss_c=0.9.json", "table.md",
+        "comparison.png", "sequential.png", "c_sweep.png"}
+    report = json.loads((out / "results_ft-l_sss_c=0.5.json").read_text())
+    assert report["editor"]["config"]["steps"] == 2
+    assert [point["edits"] for point in report["curve"]] == [1, 2]
+    assert report["settings"]["generate"] is False
+
+
+def _records(folder: Path):
+    report = json.loads((folder / "results_ft-l.json").read_text())
+    return sorted(report["records"], key=lambda r: r["index"]), report
+
+
+def test_torchrun_two_processes_equal_one(tmp_path):
+    """Two gloo ranks each evaluate half of 6 requests; rank 0's merged report equals one process's."""
+    data = counterfact_file(tmp_path / "cf.json", 6)
+    args = ["-m", "sss", "eval", "--model", "tiny-gpt2", "--data", f"{data}:counterfact", "--no-progress",
+            "--device", "cpu"]
+    # One thread per process on both sides, so no result depends on how a reduction was split.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    records_one, report_one = _records(tmp_path / "one")
+    records_two, report_two = _records(tmp_path / "two")
+    assert report_two["settings"]["world_size"] == 2 and report_one["settings"]["world_size"] == 1
+    assert [r["index"] for r in records_two] == list(range(6))
+    assert records_two == records_one
+    assert report_two["summary"] == report_one["summary"]
