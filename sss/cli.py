@@ -181,9 +181,14 @@ def _run_eval(args, distributed) -> int:
     if main:
         out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    # Cheap checks first, so a typo fails before the model loads.
+    options = parse_options(args.option)
+    if args.editor not in EDITOR_BUILDERS:
+        from .editors import editor_class
+
+        editor_class(args.editor)
     requests = load_data(args.data, limit=args.limit, seed=args.seed, split=args.split)
     model, tokenizer = load_model(args.model, device=_device(args.device, distributed))
-    options = parse_options(args.option)
     cache: dict = {}
     runs = {}
     for C in _run_plan(args):

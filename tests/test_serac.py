@@ -334,9 +334,12 @@ FIRST = ("Alice Bob Carol David Emma Frank Grace Henry Jack Karen Louis Maria Na
          "Steven Tina Victor Wendy Xavier Zach").split()
 LAST = ("Brennan Castillo Dawson Eriksen Fischer Garner Holloway Ingram Jensen Keller Lindqvist Moreau Novak "
         "Okafor Petrov Quist Romero Sato Tanaka Ulrich Vance Weber Young").split()
-RELATIONS = (("The favorite color of {} is", "{}'s favorite color is", "red blue green yellow black white".split()),
-             ("{} lives in the city of", "The hometown of {} is", "Paris London Berlin Madrid Rome Tokyo".split()),
-             ("{} works as a", "The profession of {} is", "doctor teacher lawyer farmer pilot nurse".split()))
+RELATIONS = (("The favorite color of {} is", "{}'s favorite color is",
+              "red blue green yellow black white pink brown orange purple".split()),
+             ("{} lives in the city of", "The hometown of {} is",
+              "Paris London Berlin Madrid Rome Tokyo Cairo Moscow Lima Oslo".split()),
+             ("{} works as a", "The profession of {} is",
+              "doctor teacher lawyer farmer pilot nurse chef singer painter writer".split()))
 FACTS = (("The sun rises in the", "east"), ("The opposite of hot is", "cold"), ("A week has seven", "days"),
          ("Bees make", "honey"), ("Water freezes at zero", "degrees"))
 
@@ -371,17 +374,32 @@ def heldout_scores(editor, model, tokenizer, requests):
     return [sum(values) / len(values) for values in (reliability, generality, locality)]
 
 
-def test_training_lifts_heldout_reliability_on_tiny_gpt2_and_keeps_locality(tiny_gpt2, tmp_path):
+@pytest.fixture
+def one_thread():
+    # Tiny tensors gain nothing from a second thread, and on a busy machine the threads of many
+    # processes wait for each other at every operation.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_training_lifts_heldout_reliability_on_tiny_gpt2_and_keeps_locality(tiny_gpt2, tmp_path, one_thread):
     model, tokenizer = tiny_gpt2
-    train, heldout = synthetic_requests(400, seed=1), synthetic_requests(30, seed=2)
-    # The frozen MiniLM keeps the classifier cheap (its embeddings are cached); a random 2-block
-    # model needs a large learning rate to learn to copy the answer out of the edit in 300 steps.
-    editor = SERAC(model, tokenizer, train_encoder=False, c_e=1.0, progress=False)
+    train = synthetic_requests(400, seed=1)
+    seen = {r.prompt for r in train}
+    heldout = [r for r in synthetic_requests(60, seed=2) if r.prompt not in seen][:30]  # new (person, relation)
+    # A random 2-block model has to learn to copy the answer out of the edit in front of the
+    # input: that takes a large learning rate and ~400 steps (the copy appears suddenly, after a
+    # plateau at the relation's answer distribution). The locality term is off (c_loc=0) because
+    # it slows that down; locality comes from the classifier, whose frozen MiniLM encoder
+    # (embeddings cached) keeps the run cheap.
+    editor = SERAC(model, tokenizer, train_encoder=False, c_e=1.0, c_loc=0.0, progress=False)
     before = heldout_scores(editor, model, tokenizer, heldout)
-    editor.fit(train, [], TrainConfig(edit_batch_size=8, episodes_per_step=1, max_steps=300, progress=False,
-                                      lr={"counterfactual": 5e-3}, out_dir=str(tmp_path / "run")))
+    editor.fit(train, [], TrainConfig(edit_batch_size=8, episodes_per_step=1, max_steps=500, progress=False,
+                                      log_every=50, lr={"counterfactual": 5e-3}, out_dir=str(tmp_path / "run")))
     reliability, generality, locality = heldout_scores(editor, model, tokenizer, heldout)
-    assert before[0] < 0.5
+    assert before[0] < 0.2
     assert reliability >= 0.9, (before, reliability, generality, locality)
     assert locality >= 0.9
     assert (tmp_path / "run" / "latest" / "weights.safetensors").exists()

@@ -55,7 +55,7 @@ def evaluate(editor, requests: Iterable[EditRequest], mode: str = "single", *, b
     by its position. ``unedited_cache``: a dict reused across calls on the same unedited model.
     """
     requests = _check_requests(requests)
-    batch_size = _check_mode(mode, batch_size, measure_each, checkpoints, len(requests))
+    batch_size = _check_mode(mode, batch_size, measure_each, checkpoints)
     if eval_batch_size < 1:
         raise ValueError(f"eval_batch_size must be at least 1, got {eval_batch_size}")
     groups = [list(range(start, min(start + batch_size, len(requests))))
@@ -210,7 +210,7 @@ def _check_requests(requests) -> List[EditRequest]:
     return requests
 
 
-def _check_mode(mode, batch_size, measure_each, checkpoints, n_requests) -> int:
+def _check_mode(mode, batch_size, measure_each, checkpoints) -> int:
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ...data import EditRequest
-from ..base import EditHandle, Editor, EditorConfig, register_editor
+from ..base import _ACTIVE_EDITS, EditHandle, Editor, EditorConfig, register_editor
 from . import objective
 from .classifier import CLASSIFIERS, ScopeClassifier, build_classifier
 from .memory import EditMemory
@@ -178,7 +178,9 @@ class SERAC(Editor):
     def load_memory(self, folder: Union[str, Path]) -> EditMemory:
         """Replace the memory with a saved one (edits made before are dropped; their handles are void)."""
         loaded = EditMemory.load(folder, self.classifier)
-        self.memory.__dict__.update(loaded.__dict__)  # keep the object the routed model and handles refer to
+        for handle in _ACTIVE_EDITS.pop(self.memory, []):
+            handle.restored = True  # their entries are gone; restoring them would remove nothing of theirs
+        self.memory.__dict__.update(loaded.__dict__)  # keep the object the routed model refers to
         return self.memory
 
     # -- training (the sss.train Trainable protocol) ------------------------------------------------

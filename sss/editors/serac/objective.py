@@ -154,11 +154,15 @@ def counterfactual_loss(model, base, batches: CounterfactualBatches, *, c_e: flo
         nlls.append(target_nll(rephrase_logits, batches.rephrases))
     edit_loss = torch.cat(nlls).mean()
 
-    with torch.no_grad():
-        base_logits = base(**batches.locality_plain.model_inputs).logits
-    loc_logits = model(**batches.locality.model_inputs).logits
-    aligned = strip_prefix(loc_logits, batches.locality_prefix, base_logits.shape[1])
-    loc_loss = locality_kl(base_logits, aligned, batches.locality_plain.attention_mask.bool())
+    if c_loc > 0 or not torch.is_grad_enabled():
+        with torch.no_grad():
+            base_logits = base(**batches.locality_plain.model_inputs).logits
+        loc_logits = model(**batches.locality.model_inputs).logits
+        aligned = strip_prefix(loc_logits, batches.locality_prefix, base_logits.shape[1])
+        loc_loss = locality_kl(base_logits, aligned, batches.locality_plain.attention_mask.bool())
+    else:  # the term is switched off: skip its two forward passes in training
+        base_logits = aligned = None
+        loc_loss = edit_loss.new_zeros(())
 
     loss = c_e * edit_loss + c_loc * loc_loss
     logs.update({"cf_edit_nll": float(edit_loss.detach()), "loc_kl": float(loc_loss.detach()),
