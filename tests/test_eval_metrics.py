@@ -246,3 +246,15 @@ def test_bucketed_scoring_equals_one_pair_at_a_time(tok):
     assert [r.mean_log_prob for r in together] == pytest.approx([r.mean_log_prob for r in alone], abs=1e-12)
     texts = greedy_continuations(model, tok, [p for p, _ in pairs], [2, 1, 1, 1])
     assert texts == [" Paris Rome", " Paris", " Paris", " Paris"]
+
+
+def test_headline_locality_leaves_out_distract_neighbors():
+    from sss.eval.measure import ProbeSpec, family_means
+
+    probes = [ProbeSpec("locality", "neighborhood", "a", "x"), ProbeSpec("locality", "pre_neighbor", "b", "y"),
+              ProbeSpec("locality", "distract_neighbor", "c", "z")]
+    values = [{"agreement": 1.0}, {"agreement": 0.5}, {"agreement": 0.0}]
+    means = family_means(probes, values)
+    assert means["locality"]["agreement"] == 0.75
+    assert means["locality/distract_neighbor"]["agreement"] == 0.0
+    assert means["locality/neighborhood"]["agreement"] == 1.0

@@ -327,6 +327,19 @@ def test_checkpoint_round_trip_and_refusal(tiny_gpt2, tiny_llama, tmp_path):
         SERAC.load(tmp_path / "serac", *tiny_llama)
 
 
+def test_cf_layers_trains_and_saves_only_the_last_blocks(tiny_llama, tmp_path):
+    model, tokenizer = tiny_llama
+    editor = serac(tiny_llama, cf_layers=1)
+    trained = [n for n, p in editor.counterfactual.named_parameters() if p.requires_grad]
+    assert trained and all(n.startswith(("model.layers.1.", "model.norm.")) for n in trained)
+    group = next(g for g in editor.param_groups() if g["name"] == "counterfactual")
+    assert len(group["params"]) == len(trained)
+    saved = [k for k in editor.state_dict() if k.startswith("counterfactual.")]
+    assert sorted(saved) == sorted(f"counterfactual.{n}" for n in trained)
+    with pytest.raises(ValueError, match="cf_layers=3"):
+        serac(tiny_llama, cf_layers=3)
+
+
 # ----------------------------------------------------------------------------------------------
 # Training on tiny-gpt2
 

@@ -102,12 +102,20 @@ def score(observed: Observation, unedited: Optional[Observation] = None) -> List
     return values
 
 
+# Distract-Neighbor prompts carry the edit sentence itself, so they are not out-of-scope inputs
+# in the sense of Eq. 3: they are reported on their own row (the paper's Table 3) and kept out of
+# the headline locality (Table 1), which would otherwise change meaning with the dataset format.
+NOT_IN_HEADLINE = {("locality", "distract_neighbor")}
+
+
 def family_means(probes: Sequence[ProbeSpec], values: Sequence[Dict[str, float]]) -> Dict[str, Dict[str, float]]:
     """Per family, and per ``family/category`` where a family holds several categories: the mean of
-    each metric over that group's probes (EasyEdit averages per request first, then over requests)."""
+    each metric over that group's probes (EasyEdit averages per request first, then over requests).
+    The family mean leaves out the categories in ``NOT_IN_HEADLINE``."""
     groups: Dict[str, List[Dict[str, float]]] = {}
     for probe, probe_values in zip(probes, values):
-        groups.setdefault(probe.family, []).append(probe_values)
+        if (probe.family, probe.category) not in NOT_IN_HEADLINE:
+            groups.setdefault(probe.family, []).append(probe_values)
         if probe.family in ("locality", "portability"):
             groups.setdefault(f"{probe.family}/{probe.category}", []).append(probe_values)
     result = {}

@@ -42,7 +42,9 @@ class SERACConfig(EditorConfig):
     ``classifier``: "embedding" (bi-encoder with learned similarity) or "cross" (cross-encoder).
     ``encoder``: the classifier's sentence encoder, None for the bundled MiniLM.
     ``counterfactual``: a model name/path for the counterfactual model (it must share the base
-    model's tokenizer); None copies the base model (the paper's setting).
+    model's tokenizer); None copies the base model (the paper's setting). ``cf_layers``: train
+    only the counterfactual model's last N blocks and final norm (embeddings frozen, backward
+    stops below them: a CPU budget setting); None trains all of it (the paper's setting).
     ``lr`` trains the counterfactual model, ``cls_lr`` the classifier's encoder and ``head_lr``
     its freshly initialised similarity/head.
     """
@@ -53,6 +55,7 @@ class SERACConfig(EditorConfig):
     encoder_max_length: int = 128
     train_encoder: bool = True
     counterfactual: Optional[str] = None
+    cf_layers: Optional[int] = None
     separator: str = "\n"
     lr: float = 1e-5
     cls_lr: float = 1e-5
@@ -72,6 +75,8 @@ class SERACConfig(EditorConfig):
         for name in ("c_e", "c_loc", "c_cls"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)!r}")
+        if self.cf_layers is not None and (not isinstance(self.cf_layers, int) or self.cf_layers < 1):
+            raise ValueError(f"cf_layers must be a positive number of blocks or None, got {self.cf_layers!r}")
         if not isinstance(self.separator, str):
             raise ValueError(f"separator must be a string, got {type(self.separator).__name__}")
 
@@ -153,8 +158,9 @@ class SERAC(Editor):
         if cf_vocab != base_vocab:
             raise ValueError(f"the counterfactual model has a vocabulary of {cf_vocab} tokens but the base model "
                              f"{base_vocab}: they must share one tokenizer")
-        for param in given.parameters():
-            param.requires_grad_(True)
+        trained = set(_trained_names(given, self.config.cf_layers))
+        for name, param in given.named_parameters():
+            param.requires_grad_(name in trained)
         return given
 
     # -- editing -----------------------------------------------------------------------------------
@@ -189,7 +195,8 @@ class SERAC(Editor):
         return self._trained
 
     def param_groups(self) -> List[dict]:
-        groups = [{"name": "counterfactual", "params": list(self.counterfactual.parameters()), "lr": self.config.lr},
+        groups = [{"name": "counterfactual", "params": [p for p in self.counterfactual.parameters() if p.requires_grad],
+                   "lr": self.config.lr},
                   {"name": "classifier_head", "params": self.classifier.head_parameters(),
                    "lr": self.config.head_lr}]
         if self.config.train_encoder:
@@ -270,7 +277,8 @@ class SERAC(Editor):
         from ...train import TrainConfig, train
 
         config = config or TrainConfig()
-        self.memory_check_empty("fit")
+        if len(self.memory):
+            logger.warning("training with %d edits in memory: their classifier keys will be recomputed", len(self.memory))
         try:
             result = train(self, train_requests, val_requests, config)
         finally:
@@ -278,16 +286,19 @@ class SERAC(Editor):
             self._trained.eval()
         return result
 
-    def memory_check_empty(self, action: str) -> None:
-        if len(self.memory):
-            logger.warning("%s with %d edits in memory: their cached keys will be recomputed", action,
-                           len(self.memory))
+    def _saved_parameters(self) -> Dict[str, nn.Parameter]:
+        """What a checkpoint holds: the counterfactual model's trained part and the classifier.
+
+        Frozen counterfactual weights (``cf_layers``) are the base model's (or the configured
+        model's) and are not saved; named_parameters lists a tied weight once (safetensors
+        refuses shared tensors)."""
+        trained = set(_trained_names(self.counterfactual, self.config.cf_layers))
+        saved = {f"counterfactual.{n}": p for n, p in self.counterfactual.named_parameters() if n in trained}
+        saved.update({f"classifier.{n}": p for n, p in self.classifier.named_parameters()})
+        return saved
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
-        # named_parameters lists a tied weight once (safetensors refuses shared tensors).
-        return {f"{part}.{name}": param.detach() for part, module in
-                (("counterfactual", self.counterfactual), ("classifier", self.classifier))
-                for name, param in module.named_parameters(remove_duplicate=True)}
+        return {name: param.detach() for name, param in self._saved_parameters().items()}
 
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         own = self.state_dict()
@@ -297,9 +308,7 @@ class SERAC(Editor):
                      for k in sorted(set(own) & set(state)) if tuple(state[k].shape) != tuple(own[k].shape)]
         if problems:
             raise ValueError("the SERAC weights do not match this model:\n  " + "\n  ".join(problems[:20]))
-        params = {f"{part}.{name}": p for part, module in
-                  (("counterfactual", self.counterfactual), ("classifier", self.classifier))
-                  for name, p in module.named_parameters(remove_duplicate=True)}
+        params = self._saved_parameters()
         with torch.no_grad():
             for name, tensor in state.items():
                 params[name].copy_(tensor.to(params[name].device, params[name].dtype))
@@ -384,3 +393,18 @@ def _regularizer_from(description: Optional[dict]):
         return SSSRegularizer(**{k: v for k, v in description.items() if k != "name"})
     logger.warning("the checkpoint was trained with %s, which sss cannot rebuild; loading without it", description)
     return None
+
+
+def _trained_names(model: nn.Module, last_blocks: Optional[int]) -> List[str]:
+    """Parameter names of ``model`` that SERAC trains: all, or its last blocks and final norm."""
+    names = [name for name, _ in model.named_parameters()]
+    if last_blocks is None:
+        return names
+    from ...models import layout_of, num_blocks
+
+    layout = layout_of(model)
+    total = num_blocks(model)
+    if last_blocks > total:
+        raise ValueError(f"cf_layers={last_blocks} but the counterfactual model has {total} blocks")
+    prefixes = [f"{layout.blocks}.{i}." for i in range(total - last_blocks, total)] + [f"{layout.final_norm}."]
+    return [name for name in names if name.startswith(tuple(prefixes))]

@@ -139,6 +139,8 @@ class RoutedModel(nn.Module):
         _refuse_unsupported(kwargs)
         if kwargs.get("return_dict_in_generate"):
             raise ValueError("SERAC's routed model returns generated ids only; drop return_dict_in_generate")
+        if kwargs.get("num_return_sequences", 1) != 1:
+            raise ValueError("SERAC's routed model generates one sequence per input (num_return_sequences=1)")
         if input_ids is None:
             raise ValueError("SERAC's routed model needs input_ids (routing reads the text)")
         if attention_mask is None:
