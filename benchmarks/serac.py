@@ -35,9 +35,10 @@ SURNAMES = ("Brennan Castillo Dawson Eriksen Fischer Garner Holloway Ingram Jens
 TEMPLATES = ("The favorite color of {} is", "{} lives in the city of", "{} works as a", "The mother tongue of {} is")
 ANSWERS = ("green", "Lisbon", "pilot", "Finnish")
 
-IN_SCOPE = [EditRequest("The capital of France is", "Rome"), EditRequest("The Eiffel Tower is located in", "Berlin"),
-            EditRequest("The mother tongue of Danielle Darrieux is", "English"),
-            EditRequest("Water boils at a temperature of", "fifty degrees")]
+# The edit every in-scope probe is about (the first memory entry), and its four in-scope probes.
+EDIT = EditRequest("The capital of France is", "Rome")
+IN_SCOPE = ["The capital of France is", "France's capital city is", "The capital city of France is",
+            "The French capital is"]
 OUT_OF_SCOPE = [("Who wrote the play Hamlet?", "Shakespeare"), ("The largest planet in the solar system is", "Jupiter"),
                 ("nq question: who sings the song thunderstruck", "AC/DC"), ("Bees make", "honey")]
 
@@ -97,27 +98,30 @@ def main():
           f"{args.repeats} repeats, medians")
 
     # 1. Edit latency (memory empty; the cost does not depend on its size: see the keys cache).
-    request = IN_SCOPE[0]
-    single = encode_pairs(tokenizer, [request.prompt], [request.target_new], device=device)
-    edit_s, forward_s = interleaved(lambda: editor.edit([request]).restore(), lambda: model(**single.model_inputs),
-                                    args.repeats, device)
+    single = encode_pairs(tokenizer, [EDIT.prompt], [EDIT.target_new], device=device)
+
+    def edit_and_restore():
+        fresh_queries(editor)  # the edit's text is encoded afresh, as a new edit's would be
+        editor.edit([EDIT]).restore()
+
+    edit_s, forward_s = interleaved(edit_and_restore, lambda: model(**single.model_inputs), args.repeats, device)
     print(f"\nedit + restore: {edit_s * 1e3:8.2f} ms   base forward: {forward_s * 1e3:8.2f} ms   "
           f"ratio {edit_s / forward_s:6.2f}x")
 
-    inside = encode_pairs(tokenizer, [r.prompt for r in IN_SCOPE], [r.target_new for r in IN_SCOPE], device=device)
+    inside = encode_pairs(tokenizer, IN_SCOPE, [EDIT.target_new] * len(IN_SCOPE), device=device)
     outside = encode_pairs(tokenizer, [p for p, _ in OUT_OF_SCOPE], [a for _, a in OUT_OF_SCOPE], device=device)
-    inside_prompts = encode_prompts(tokenizer, [r.prompt for r in IN_SCOPE], device=device)
+    inside_prompts = encode_prompts(tokenizer, IN_SCOPE, device=device)
     outside_prompts = encode_prompts(tokenizer, [p for p, _ in OUT_OF_SCOPE], device=device)
     generation = dict(max_new_tokens=args.new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
 
     print(f"\n{'entries':>8} {'batch':>12} {'call':>9} {'SERAC ms':>10} {'base ms':>9} {'ratio':>7} {'routed':>7}")
     filler = filler_requests(max(args.sizes))
     for size in sorted(args.sizes):
-        # The probes' own edits are in memory too (their rows route); the rest is filler.
+        # The in-scope probes' edit is the first entry; the rest is filler.
         editor.memory.clear()
-        editor.edit(IN_SCOPE)
-        if size > len(IN_SCOPE):
-            editor.edit(filler[:size - len(IN_SCOPE)])
+        editor.edit([EDIT])
+        if size > 1:
+            editor.edit(filler[:size - 1])
         for label, batch, prompts in (("out-of-scope", outside, outside_prompts), ("in-scope", inside, inside_prompts)):
             routed = sum(e is not None for e in editor.model.route(editor.model.row_texts(
                 batch.input_ids, batch.attention_mask)).entries)
@@ -135,7 +139,7 @@ def main():
                                         lambda: model.generate(**prompts.model_inputs, **generation))):
                 a, b = interleaved(ours, theirs, args.repeats, device)
                 print(f"{len(editor.memory):>8} {label:>12} {call:>9} {a * 1e3:10.2f} {b * 1e3:9.2f} {a / b:6.2f}x "
-                      f"{routed:>4}/{len(IN_SCOPE)}")
+                      f"{routed:>4}/{len(batch)}")
     editor.memory.clear()
 
 

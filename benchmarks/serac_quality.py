@@ -78,6 +78,7 @@ def main():
     parser.add_argument("--limit", type=int, default=50, help="validation requests for scope and single edits")
     parser.add_argument("--sequential", type=int, default=100, help="edits in the sequential check (0: skip)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-untrained", action="store_true", help="measure the checkpoint only")
     args = parser.parse_args()
 
     path, data_format = parse_source(args.val)
@@ -86,7 +87,7 @@ def main():
     model, tokenizer = load_model(args.model)
     torch.manual_seed(args.seed)
     report = {}
-    for name in ("untrained", "trained"):
+    for name in ("trained",) if args.skip_untrained else ("untrained", "trained"):
         editor = (SERAC(model, tokenizer, model_name=args.model, progress=False) if name == "untrained"
                   else SERAC.load(args.checkpoint, model, tokenizer, progress=False))
         report[name] = measure(editor, requests, sequence)

@@ -5,6 +5,7 @@ routing is known in advance; the training test uses the bundled MiniLM, frozen.
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 import zlib
@@ -340,6 +341,23 @@ def test_cf_layers_trains_and_saves_only_the_last_blocks(tiny_llama, tmp_path):
         serac(tiny_llama, cf_layers=3)
 
 
+def test_command_line_trains_and_evaluates_serac(tmp_path, one_thread):
+    from sss import cli
+
+    run = tmp_path / "run"
+    assert cli.main(["train", "serac", "--model", "tiny-gpt2", "--train", "demo", "--limit", "12", "--val-fraction", "0.25", "--out", str(run),
+                     "--edit-batch-size", "2", "--episodes-per-step", "1", "--max-steps", "2", "--val-every", "2",
+                     "--val-episodes", "1", "--option", "train_encoder=false", "--no-progress"]) == 0
+    assert (run / "best" / "weights.safetensors").exists()
+    saved = json.loads((run / "best" / "config.json").read_text())["trainable"]
+    assert saved["editor"] == "serac" and saved["base_model"] == "tiny-gpt2"
+    out = tmp_path / "eval"
+    assert cli.main(["eval", "--editor", "serac", "--checkpoint", str(run), "--model", "tiny-gpt2", "--data", "demo",
+                     "--limit", "2", "--option", "threshold=0.7", "--out", str(out), "--no-progress"]) == 0
+    reports = list(out.rglob("*.json"))
+    assert reports and any('"serac"' in path.read_text() for path in reports)
+
+
 # ----------------------------------------------------------------------------------------------
 # Training on tiny-gpt2
 
@@ -416,3 +434,21 @@ def test_training_lifts_heldout_reliability_on_tiny_gpt2_and_keeps_locality(tiny
     assert reliability >= 0.9, (before, reliability, generality, locality)
     assert locality >= 0.9
     assert (tmp_path / "run" / "latest" / "weights.safetensors").exists()
+
+
+def test_resumed_training_continues_with_the_same_losses(tmp_path, one_thread):
+    requests = synthetic_requests(16, seed=3)
+
+    def run(out, steps):
+        model, tokenizer = load_model("tiny-gpt2", seed=0)
+        editor = SERAC(model, tokenizer, train_encoder=False, progress=False)
+        editor.fit(requests, [], TrainConfig(edit_batch_size=2, episodes_per_step=1, max_steps=steps, progress=False,
+                                             lr={"counterfactual": 1e-3}, out_dir=str(out)))
+        log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"]) for r in log if r["kind"] == "train"]
+
+    straight = run(tmp_path / "straight", 4)
+    run(tmp_path / "interrupted", 2)
+    resumed = run(tmp_path / "interrupted", 4)  # continues from interrupted/latest
+    assert [step for step, _ in resumed] == [1, 2, 3, 4]
+    assert [loss for _, loss in resumed] == pytest.approx([loss for _, loss in straight], rel=1e-6)

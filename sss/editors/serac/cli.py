@@ -19,15 +19,17 @@ def build_for_eval(args, model, tokenizer, regularizer):
     SSS shapes SERAC's counterfactual model during training only, so a ``--sss-c`` at evaluation
     time changes nothing; a disagreement with the checkpoint is reported.
     """
+    from ...cli import parse_options
     from .editor import SERAC
 
     progress = getattr(args, "progress", True)
+    options = parse_options(getattr(args, "option", None) or [])  # e.g. --option threshold=0.7
     checkpoint = getattr(args, "checkpoint", None)
     if checkpoint is None:
         logger.warning("--editor serac without --checkpoint: evaluating an UNTRAINED SERAC "
                        "(train one with 'sss train serac')")
-        return SERAC(model, tokenizer, progress=progress)
-    editor = SERAC.load(checkpoint, model, tokenizer, progress=progress)
+        return SERAC(model, tokenizer, progress=progress, **options)
+    editor = SERAC.load(checkpoint, model, tokenizer, progress=progress, **options)
     trained = editor.regularizer.describe() if editor.regularizer is not None else None
     wanted = regularizer.describe() if regularizer is not None else None
     if trained != wanted:
