@@ -421,13 +421,14 @@ def test_training_lifts_heldout_reliability_on_tiny_gpt2_and_keeps_locality(tiny
     seen = {r.prompt for r in train}
     heldout = [r for r in synthetic_requests(60, seed=2) if r.prompt not in seen][:30]  # new (person, relation)
     # A random 2-block model has to learn to copy the answer out of the edit in front of the
-    # input: that takes a large learning rate and ~400 steps (the copy appears suddenly, after a
-    # plateau at the relation's answer distribution). The locality term is off (c_loc=0) because
+    # input: that takes a large learning rate and a few hundred steps (the copy appears after a
+    # plateau at the relation's answer distribution: held-out reliability 0.63 / 0.83 / 0.90 /
+    # 1.0 after 300 / 400 / 500 / 600 steps when this was written). The locality term is off (c_loc=0) because
     # it slows that down; locality comes from the classifier, whose frozen MiniLM encoder
     # (embeddings cached) keeps the run cheap.
     editor = SERAC(model, tokenizer, train_encoder=False, c_e=1.0, c_loc=0.0, progress=False)
     before = heldout_scores(editor, model, tokenizer, heldout)
-    editor.fit(train, [], TrainConfig(edit_batch_size=8, episodes_per_step=1, max_steps=500, progress=False,
+    editor.fit(train, [], TrainConfig(edit_batch_size=8, episodes_per_step=1, max_steps=600, progress=False,
                                       log_every=50, lr={"counterfactual": 5e-3}, out_dir=str(tmp_path / "run")))
     reliability, generality, locality = heldout_scores(editor, model, tokenizer, heldout)
     assert before[0] < 0.2
