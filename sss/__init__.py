@@ -2,10 +2,10 @@
 from .data import EditRequest, LocalityProbe, PortabilityProbe
 from .editors import FTL, MEND, SERAC, EditHandle, Editor
 from .eval import evaluate
-from .losses import SparsityRegularizer, SSSRegularizer
+from .losses import SparsityRegularizer, SSSRegularizer, sss_loss, sss_penalty
 from .models import load_model
 
 __version__ = "0.1.0"
 
 __all__ = ["EditRequest", "LocalityProbe", "PortabilityProbe", "Editor", "EditHandle", "FTL", "MEND", "SERAC",
-           "SparsityRegularizer", "SSSRegularizer", "evaluate", "load_model", "__version__"]
+           "SparsityRegularizer", "SSSRegularizer", "evaluate", "load_model", "sss_loss", "sss_penalty", "__version__"]

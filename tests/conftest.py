@@ -47,3 +47,17 @@ def smollm2():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, then the previous count back.
+
+    Tiny tensors gain nothing from a second thread, and on a machine shared by several processes
+    the threads of each wait for the others at every operation, which makes small models many
+    times slower. Request it by name, or ``@pytest.mark.usefixtures("one_thread")``.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -161,7 +161,7 @@ def test_edit_rolls_nothing_back_on_bad_input(tiny_gpt2):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(objective="everything"), "unknown FT-L objective"),
-    (dict(steps=0), "steps must be at least 1"),
+    (dict(steps=0), "steps must be an integer of at least 1"),
     (dict(learning_rate=1.0), "unknown FTL option"),
     (dict(layers=(9,)), "layer 9 is out of range"),
     (dict(regularizer="sss"), "regularizer must be a SparsityRegularizer"),

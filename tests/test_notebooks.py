@@ -1,4 +1,8 @@
-"""Execute every notebook under examples/ in its quick setting; a cell that raises fails the test.
+"""Execute every notebook under examples/ in its quick setting and check what it shows.
+
+A cell that raises fails the test; then each notebook's outputs are read as a reader would: the
+results table has the rows and columns the text promises, the edit moved what it should, and the
+lines a cell prints to prove a property (a restore, a reload) are there.
 
 The kernel is this interpreter (``sys.executable``), through a kernel spec written for the test,
 so the notebooks see the same installed sss whatever ``python`` is first on PATH.
@@ -6,6 +10,7 @@ so the notebooks see the same installed sss whatever ``python`` is first on PATH
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -18,6 +23,7 @@ pytest.importorskip("ipykernel", reason="executing notebooks needs ipykernel (pi
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
 KERNEL = "sss-test-python"
+TABLE_ROWS = ("Reliability (token_acc)", "Generality (token_acc)", "Locality (agreement)")
 
 
 @pytest.fixture
@@ -35,13 +41,131 @@ def kernel(tmp_path, monkeypatch):
     return KERNEL
 
 
-def test_there_are_notebooks():
+# --- reading what a notebook shows -----------------------------------------------------------
+
+def shown_text(notebook) -> list:
+    """Every code cell's visible text: printed streams, and Markdown / plain displays."""
+    texts = []
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        parts = []
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                parts.append(output.get("text", ""))
+            data = output.get("data", {})
+            parts.append(data.get("text/markdown", "") or data.get("text/plain", ""))
+        texts.append("".join(parts))
+    return texts
+
+
+def results_table(texts) -> dict:
+    """The Markdown results table a notebook displays: ``{row label: {column: percent or None}}``."""
+    tables = [t for t in texts if "| Metric |" in t]
+    assert len(tables) == 1, f"expected one results table, found {len(tables)}"
+    lines = [line.strip() for line in tables[0].splitlines() if line.strip().startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    table = {}
+    for line in lines[2:]:
+        cells = dict(zip(header, (cell.strip() for cell in line.strip("|").split("|"))))
+        table[cells.pop("Metric")] = {column: None if value == "–" else float(value)
+                                      for column, value in cells.items() if column != "Dataset"}
+    return table
+
+
+def check_table(texts, columns):
+    table = results_table(texts)
+    assert set(TABLE_ROWS) <= set(table), sorted(table)
+    for row in TABLE_ROWS:
+        assert list(table[row]) == ["Unedited", *columns], table[row]
+        for column, value in table[row].items():
+            assert value is not None, f"{row} has no value for {column}"
+    # Agreement with the unedited model is 100 % for the unedited model itself, by definition.
+    assert table["Locality (agreement)"]["Unedited"] == 100.0
+    return table
+
+
+def continuations(text, heading):
+    """``{prompt: continuation}`` from the block a notebook prints under ``heading``."""
+    block = text.split(heading + "\n", 1)[1]
+    pairs = {}
+    for line in block.splitlines():
+        match = re.match(r"^\s+'(.*?)'\s+-> '(.*)'$", line)
+        if not match:
+            break
+        pairs[match.group(1)] = match.group(2)
+    assert pairs, f"nothing printed under {heading!r}"
+    return pairs
+
+
+# --- what each notebook must show ------------------------------------------------------------
+
+def check_quickstart(texts):
+    everything = "\n".join(texts)
+    before = continuations(everything, "before the edit")
+    after = continuations(everything, "after FT-L")
+    restored = continuations(everything, "restored")
+    edited = "The capital of France is"
+    assert "Rome" not in before[edited] and "Rome" in after[edited], (before[edited], after[edited])
+    assert restored == before
+    assert "Rome" in continuations(everything, "after FT-L w/ SSS")[edited]
+    assert re.search(r"final edit loss [\d.]+, SSS penalty [\d.e+-]+", everything)
+    table = check_table(texts, ["FT-L", "FT-L w/ SSS (C=0.9)"])
+    reliability = table["Reliability (token_acc)"]
+    assert reliability["FT-L"] > reliability["Unedited"] + 30, reliability  # the edits took on real facts
+    assert reliability["FT-L w/ SSS (C=0.9)"] > reliability["Unedited"] + 30, reliability
+    assert re.search(r"^wrote .*quickstart$", everything, re.M)  # the reports and the figure
+    assert re.search(r"^reliability\s+", everything, re.M), "the probe listing is missing"
+
+
+def check_mend(texts):
+    everything = "\n".join(texts)
+    for name in ("mend", "mend-sss"):
+        assert re.search(rf"^{name}: \d+ steps, best at step \d+$", everything, re.M), name
+    assert re.search(r"step +\d+: edit loss [\d.]+ +reliability", everything)
+    assert re.search(r"^edit: '.+' -> '.+' \(was '.+'\)$", everything, re.M)
+    assert "before" in everything and "after" in everything
+    assert "the reloaded editor makes the same edit, bit for bit" in everything
+    check_table(texts, ["MEND", "MEND w/ SSS (C=0.9)"])
+
+
+def check_serac(texts):
+    everything = "\n".join(texts)
+    for name in ("serac", "serac-sss"):
+        assert re.search(rf"^{name}: \d+ steps, best at step \d+$", everything, re.M), name
+    scopes = [float(p) for p in re.findall(r"in scope (\d\.\d\d)", everything)]
+    assert scopes and all(0.0 <= p <= 1.0 for p in scopes)
+    assert "memory holds 1 edit(s)" in everything
+    assert re.search(r"reloaded: same weights, and a memory of 2 edits", everything)
+    table = check_table(texts, ["untrained", "trained", "trained w/ SSS"])
+    # SERAC answers every input out of scope from the base model itself: locality can only fall
+    # through routing, never through a change of the base model's weights.
+    assert re.search(r"^\d+ entries; the first edit's prompt and rephrasing route to: ", everything, re.M)
+    assert table["Locality (agreement)"]["untrained"] is not None
+
+
+CHECKS = {"01_quickstart.ipynb": check_quickstart, "02_mend.ipynb": check_mend, "03_serac.ipynb": check_serac}
+
+
+def test_there_are_notebooks_and_each_has_its_checks():
     assert NOTEBOOKS, f"no notebooks under {EXAMPLES}"
+    assert {p.name for p in NOTEBOOKS} == set(CHECKS), "a new notebook needs its checks in CHECKS"
+
+
+def test_committed_notebooks_carry_the_outputs_of_a_run():
+    # scripts/run_notebooks.py writes them: a reader sees results without running anything.
+    for path in NOTEBOOKS:
+        notebook = nbformat.read(path, as_version=4)
+        code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+        assert all(cell.get("execution_count") for cell in code), f"{path.name} has cells that never ran"
+        errors = [o for cell in code for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors, f"{path.name} was committed with an error output"
+        CHECKS[path.name](shown_text(notebook))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path, kernel):
+def test_notebook_runs_and_shows_its_results(path, kernel):
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(notebook, kernel_name=kernel, timeout=900,
                                      resources={"metadata": {"path": str(path.parent)}})
@@ -49,3 +173,4 @@ def test_notebook_runs(path, kernel):
     errors = [output for cell in notebook.cells if cell.cell_type == "code"
               for output in cell.get("outputs", []) if output.get("output_type") == "error"]
     assert not errors
+    CHECKS[path.name](shown_text(notebook))

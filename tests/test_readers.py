@@ -294,8 +294,48 @@ def test_a_later_record_missing_keys_names_its_index(tmp_path):
 def test_an_invalid_field_names_the_record(tmp_path):
     records = [counterfact_record(1, "X", "X speaks", "French", "English"),
                counterfact_record(2, "Y", "Y speaks", "French", " ")]
-    with pytest.raises(ValueError, match=r"record 1 \(counterfact\): EditRequest.target_new is empty"):
+    with pytest.raises(ValueError, match=r"record 1 \(counterfact, case_id 2\): EditRequest.target_new is empty"):
         load_requests(write(tmp_path, records))
+
+
+def _set(record, path, value):
+    *parents, last = path.split(".")
+    inner = record
+    for key in parents:
+        inner = inner[key]
+    inner[last] = value
+    return record
+
+
+@pytest.mark.parametrize("make, path", [
+    (lambda: counterfact_record(7, "X", "X speaks", "French", "English"), "target_new"),
+    (lambda: counterfact_record(7, "X", "X speaks", "French", "English"), "prompt"),
+    (lambda: counterfact_record(7, "X", "X speaks", "French", "English"), "subject"),
+    (lambda: counterfact_record(7, "X", "X speaks", "French", "English"), "ground_truth"),
+    (lambda: counterfact_record(7, "X", "X speaks", "French", "English"), "rephrase_prompt"),
+    (lambda: zsre_record(), "alt"),
+    (lambda: zsre_record(), "src"),
+    (lambda: zsre_record(), "loc_ans"),
+    (lambda: rome_record(7, "Angola", "{} is in", "P30", "Africa", "Asia"), "requested_rewrite.target_new.str"),
+    (lambda: rome_record(7, "Angola", "{} is in", "P30", "Africa", "Asia"), "requested_rewrite.subject"),
+    (lambda: knowedit_record(), "target_new"),
+    (lambda: knowedit_record(), "ground_truth"),
+])
+@pytest.mark.parametrize("bad", [{"str": "x"}, 3, True])
+def test_a_text_field_of_another_type_is_refused_naming_record_and_field(tmp_path, make, path, bad):
+    good = make()
+    records = [make(), _set(make(), path, bad)]
+    load_requests(write(tmp_path, [good], "good.json"))  # the unchanged record reads
+    with pytest.raises(ValueError, match=rf"record 1 \(.*\): .*{path.split('.')[-1]}.* must be a string"):
+        load_requests(write(tmp_path, records))
+
+
+def test_a_list_target_is_refused_where_one_string_is_required(tmp_path):
+    record = counterfact_record(7, "X", "X speaks", "French", "English")
+    record["target_new"] = ["English", "French"]
+    with pytest.raises(ValueError, match=r"record 0 \(counterfact, case_id 7\): target_new must be a string, "
+                                         r"got list"):
+        load_requests(write(tmp_path, [record]))
 
 
 def test_bad_sources_and_arguments(tmp_path):

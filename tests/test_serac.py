@@ -18,7 +18,7 @@ from sss import SERAC, EditRequest, LocalityProbe, SSSRegularizer, load_model
 from sss.data import encode_pairs, encode_prompts
 from sss.editors.serac import EditMemory, ScopeClassifier
 from sss.editors.serac.conditioning import edit_text, prefix_ids
-from sss.editors.serac.objective import answer_agreement, token_accuracy
+from sss.eval.metrics import argmax_agreement as answer_agreement, token_accuracy
 from sss.train import TrainConfig
 
 

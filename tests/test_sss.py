@@ -4,7 +4,7 @@ import torch
 
 from sss import SSSRegularizer
 from sss.data import encode_pairs
-from sss.losses import SparsityRegularizer, target_nll
+from sss.losses import SparsityRegularizer, regularizer_from_description, target_nll
 from sss.models import load_model, mlp_out_path, second_order_attention
 
 PROMPT = "The mother tongue of Danielle Darrieux is"
@@ -124,3 +124,43 @@ def test_a_custom_penalty_plugs_in(tiny_gpt2):
     with torch.no_grad():
         expected = float(target_nll(model(**batch.model_inputs).logits, batch)[0] ** 2)
     assert value == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("options", [
+    dict(C=0.3, target="input_embeds", tokens="all", reduction="sum"),
+    dict(C=1, target=1, tokens="prompt", reduction="mean"),
+    dict(C=0.0, target="0"),
+])
+def test_a_description_rebuilds_the_same_regularizer(options):
+    original = SSSRegularizer(**options)
+    rebuilt = regularizer_from_description(original.describe())
+    assert type(rebuilt) is SSSRegularizer and rebuilt is not original
+    assert rebuilt.describe() == original.describe()
+    assert (rebuilt.C, rebuilt.target, rebuilt.tokens, rebuilt.reduction) == (
+        original.C, original.target, original.tokens, original.reduction)
+
+
+def test_rebuilding_nothing_gives_nothing_and_unknown_names_are_named():
+    assert regularizer_from_description(None) is None
+    with pytest.raises(ValueError, match="'MagicRegularizer'"):
+        regularizer_from_description({"name": "MagicRegularizer", "C": 0.5})
+    with pytest.raises(ValueError, match="'temperature'"):
+        regularizer_from_description({"name": "SSSRegularizer", "temperature": 2.0})
+
+
+@pytest.mark.parametrize("C", [True, False, -0.1, "0.9", None, float("nan")])
+def test_C_must_be_a_real_number_in_the_unit_interval(C):
+    with pytest.raises(ValueError, match="C must be"):
+        SSSRegularizer(C=C)
+
+
+@pytest.mark.parametrize("target", [True, -1, "-1", "block3", 2.0])
+def test_bad_targets_are_named(target):
+    with pytest.raises(ValueError, match="target"):
+        SSSRegularizer(target=target)
+
+
+def test_a_block_target_past_the_model_is_named(tiny_gpt2):
+    model, tokenizer = tiny_gpt2
+    with pytest.raises(ValueError, match="target block 7 is out of range"):
+        SSSRegularizer(target=7).score(model, tokenizer, PROMPT, TARGET)

@@ -193,3 +193,19 @@ def _load_dataset(name: str, split: Optional[str], dataset_kwargs) -> List[Any]:
             raise ValueError(f"{name} has splits {', '.join(loaded)}; choose one with split=")
         loaded = next(iter(loaded.values()))
     return list(loaded)
+
+
+def load_data(source: str, *, limit: Optional[int] = None, seed: int = 0, split: Optional[str] = None
+              ) -> List[EditRequest]:
+    """``"demo"`` for the built-in demo set, else ``PATH[:format]`` read by :func:`load_requests`.
+
+    The one way the command line, the training runs and the benchmarks name a dataset.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {limit}")
+    if source == "demo":
+        from .demo import demo_requests
+
+        return demo_requests(limit=limit)
+    path, data_format = parse_source(source)
+    return load_requests(path, data_format, limit=limit, seed=seed, split=split)

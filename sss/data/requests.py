@@ -1,12 +1,12 @@
 """The records every other part of sss speaks: an edit request and the probes that measure it.
 
-`data` imports nothing else of `sss` (DESIGN.md), so these are plain frozen dataclasses that
-validate themselves on construction.
+`data` is the ground floor: it imports nothing else of `sss` (docs/data.md), so these are plain
+frozen dataclasses that validate themselves on construction.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Iterable, List, Optional, Tuple, Union
 
 
 def _require_text(value, field_name: str, owner: str) -> str:
@@ -131,3 +131,21 @@ def _as_probe(value, kind, field_name: str, index: int):
         f"EditRequest.{field_name}[{index}] must be a {kind.__name__}, a dict or a "
         f"(prompt, answer[, category]) tuple, got {type(value).__name__}"
     )
+
+
+def as_request_list(requests: Union["EditRequest", Iterable["EditRequest"]], caller: str = "edit()"
+                    ) -> List["EditRequest"]:
+    """``requests`` as a non-empty list of EditRequests (one request is a list of one).
+
+    ``caller`` names the function in the error (e.g. ``"evaluate()"``), so a user sees which
+    call got the bad input.
+    """
+    if isinstance(requests, EditRequest):
+        return [requests]
+    requests = list(requests)
+    if not requests:
+        raise ValueError(f"{caller} needs at least one EditRequest")
+    for i, request in enumerate(requests):
+        if not isinstance(request, EditRequest):
+            raise ValueError(f"requests[{i}] is a {type(request).__name__}, not an EditRequest")
+    return requests

@@ -1,6 +1,6 @@
 """Tokenization of prompt/target pairs, shared by every editor and by the evaluation.
 
-The conventions (DESIGN.md) that prevent the field's known bugs:
+The conventions (docs/data.md) that prevent the field's known bugs:
 
 * a target is a continuation: its ids are those of ``" " + target`` appended to the prompt's ids,
   never the target tokenized alone (BPE merges a leading space into the first token);

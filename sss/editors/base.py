@@ -18,13 +18,14 @@ from typing import Dict, Iterable, List, Optional, Sequence, Type, Union
 import torch
 from torch import nn
 
-from ..data import EditRequest
+from ..data import EditRequest, as_request_list
 from ..losses import SparsityRegularizer
+from ..train.checkpoint import checkpoint_editor, refuse_mismatches, shape_mismatches, shapes
 
 logger = logging.getLogger(__name__)
 
-# The handles currently applied to each model, oldest first. Keyed weakly so a model that is
-# dropped does not stay alive through its edit history.
+# The handles currently applied to each model (or other edited state, e.g. SERAC's memory),
+# oldest first. Keyed weakly so a model that is dropped does not stay alive through its history.
 _ACTIVE_EDITS: "weakref.WeakKeyDictionary[nn.Module, List[EditHandle]]" = weakref.WeakKeyDictionary()
 
 
@@ -61,6 +62,17 @@ class EditHandle(ABC):
     def __exit__(self, *exc) -> None:
         if not self.restored:
             self.restore()
+
+
+def forget_edits(state) -> List[EditHandle]:
+    """Void every handle applied to ``state`` (replaced wholesale, e.g. a memory loaded from disk).
+
+    Their changes are gone, so restoring them would undo nothing of theirs; they count as restored.
+    """
+    handles = _ACTIVE_EDITS.pop(state, [])
+    for handle in handles:
+        handle.restored = True
+    return handles
 
 
 class WeightEditHandle(EditHandle):
@@ -117,14 +129,8 @@ class WeightEditHandle(EditHandle):
         meta_path = Path(str(base) + ".json")
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         params = dict(model.named_parameters())
-        problems = []
-        for name, tensor in delta.items():
-            if name not in params:
-                problems.append(f"{name}: not a parameter of this model")
-            elif tuple(params[name].shape) != tuple(tensor.shape):
-                problems.append(f"{name}: saved shape {tuple(tensor.shape)}, model has {tuple(params[name].shape)}")
-        if problems:
-            raise ValueError("the saved edit does not match this model:\n  " + "\n  ".join(problems))
+        refuse_mismatches(shape_mismatches(shapes(delta), shapes(params), saved_as="saved edit", complete=False),
+                          "the saved edit does not match this model")
         originals = {name: params[name].detach().clone() for name in delta}
         with torch.no_grad():
             for name, tensor in delta.items():
@@ -155,11 +161,15 @@ class EditorConfig:
 EDITORS: Dict[str, Type["Editor"]] = {}
 
 
-def register_editor(name: str):
-    """Class decorator: make an editor reachable by name (CLI, reports)."""
+def register_editor(name: str, display: Optional[str] = None):
+    """Class decorator: make an editor reachable by name (``sss eval --editor NAME``, checkpoints).
+
+    ``display`` is how reports and tables name it (default: ``name``), e.g. ``"FT-L"``.
+    """
 
     def decorate(cls):
         cls.name = name
+        cls.display_name = display or name
         EDITORS[name] = cls
         return cls
 
@@ -172,18 +182,6 @@ def editor_class(name: str) -> Type["Editor"]:
     return EDITORS[name]
 
 
-def as_request_list(requests: Union[EditRequest, Iterable[EditRequest]]) -> List[EditRequest]:
-    if isinstance(requests, EditRequest):
-        return [requests]
-    requests = list(requests)
-    if not requests:
-        raise ValueError("edit() needs at least one EditRequest")
-    for i, request in enumerate(requests):
-        if not isinstance(request, EditRequest):
-            raise ValueError(f"requests[{i}] is a {type(request).__name__}, not an EditRequest")
-    return requests
-
-
 class Editor(ABC):
     """Base of FT-L, MEND and SERAC.
 
@@ -192,7 +190,10 @@ class Editor(ABC):
     """
 
     name = "editor"
+    display_name = "editor"  # how reports name it; register_editor(name, display=...) sets both
     config_class: Type[EditorConfig] = EditorConfig
+    # True for editors that are useless untrained (MEND): the command line then insists on a checkpoint.
+    requires_checkpoint = False
 
     def __init__(self, model: nn.Module, tokenizer, config: Optional[EditorConfig] = None, *,
                  regularizer: Optional[SparsityRegularizer] = None, progress: bool = True, **overrides):
@@ -227,10 +228,30 @@ class Editor(ABC):
     def _apply(self, requests: List[EditRequest]) -> EditHandle:
         ...
 
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, Path], model: nn.Module, tokenizer, **overrides) -> "Editor":
+        """A trained editor for ``model`` from the checkpoint folder ``path`` (or a training run's folder).
+
+        On :class:`Editor` itself this reads which editor the checkpoint records and hands over
+        to that class. Trainable editors override it; ``overrides`` are constructor arguments
+        that win over the checkpoint's (``progress=``, config fields that leave the weights as
+        they are, e.g. SERAC's ``threshold``).
+        """
+        if cls is Editor:
+            return editor_class(checkpoint_editor(path)).from_checkpoint(path, model, tokenizer, **overrides)
+        raise ValueError(f"editor {cls.name!r} ({cls.__name__}) has no checkpoints to load; build it as "
+                         f"{cls.__name__}(model, tokenizer, ...)")
+
+    @classmethod
+    def load(cls, path: Union[str, Path], model: nn.Module, tokenizer, **overrides) -> "Editor":
+        """The same as :meth:`from_checkpoint`."""
+        return cls.from_checkpoint(path, model, tokenizer, **overrides)
+
     def describe(self) -> dict:
-        """Everything a report needs to reproduce this editor."""
+        """Everything a report needs to reproduce this editor (and ``display``, its name in tables)."""
         return {
             "editor": self.name,
+            "display": self.display_name,
             "config": self.config.to_dict(),
             "regularizer": None if self.regularizer is None else self.regularizer.describe(),
         }

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -55,21 +57,49 @@ class FTLConfig(EditorConfig):
     objective: str = "prompt_last"
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVES:
+        # Checked by type, not coerced: int("10") would quietly turn layers="10" into blocks 1, 0.
+        if not isinstance(self.objective, str) or self.objective not in OBJECTIVES:
             raise ValueError(f"unknown FT-L objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.norm_constraint is not None and self.norm_constraint <= 0:
-            raise ValueError(f"norm_constraint must be positive (or None for the default), got {self.norm_constraint}")
+        if not _is_int(self.steps) or self.steps < 1:
+            raise ValueError(f"steps must be an integer of at least 1, got {self.steps!r}")
+        _require_real("lr", self.lr, positive=True)
+        _require_real("weight_decay", self.weight_decay, minimum=0.0)
+        _require_real("early_stop_loss", self.early_stop_loss)  # negative: never stop early
+        if self.norm_constraint is not None:
+            _require_real("norm_constraint", self.norm_constraint, positive=True, extra=" (or None for the default)")
         if self.layers is not None:
-            self.layers = tuple(int(layer) for layer in self.layers)
-            if not self.layers:
-                raise ValueError("layers must name at least one block")
+            self.layers = _block_list(self.layers)
 
 
-@register_editor("ft-l")
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _require_real(name: str, value, *, positive: bool = False, minimum: Optional[float] = None,
+                  extra: str = "") -> None:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and positive and value <= 0:
+        ok = False
+    if ok and minimum is not None and value < minimum:
+        ok = False
+    if not ok:
+        want = "a positive number" if positive else "a finite number" if minimum is None else f"a number >= {minimum}"
+        raise ValueError(f"{name} must be {want}{extra}, got {value!r}")
+
+
+def _block_list(layers) -> Tuple[int, ...]:
+    """``layers`` as a tuple of block indices: one int or a non-empty sequence of ints."""
+    if _is_int(layers):
+        return (int(layers),)
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, (list, tuple)) \
+            or not all(_is_int(layer) for layer in layers):
+        raise ValueError(f"layers must be a block index or a list of block indices (integers), got {layers!r}")
+    if not layers:
+        raise ValueError("layers must name at least one block, got an empty list")
+    return tuple(int(layer) for layer in layers)
+
+
+@register_editor("ft-l", display="FT-L")
 class FTL(Editor):
     """``FTL(model, tokenizer, config=None, *, regularizer=None, progress=True, **overrides)``."""
 
@@ -79,8 +109,18 @@ class FTL(Editor):
         super().__init__(model, tokenizer, config, **kwargs)
         layout_of(model)  # an unknown architecture fails here, with the list of known ones
         defaults = ARCH_DEFAULTS.get(model.config.model_type, ARCH_DEFAULTS["gpt2"])
+        blocks = num_blocks(model)
         if self.config.layers is None:
-            self.config.layers = (round(defaults["depth_fraction"] * (num_blocks(model) - 1)),)
+            self.config.layers = (round(defaults["depth_fraction"] * (blocks - 1)),)
+        # Negative indices count back (as in MEND); stored as positive ones so reports are unambiguous.
+        bad = [layer for layer in self.config.layers if not -blocks <= layer < blocks]
+        if bad:
+            raise ValueError(f"layers={list(self.config.layers)}: layer {bad[0]} is out of range for a model with "
+                             f"{blocks} blocks (0..{blocks - 1}, or negative to count back)")
+        resolved = tuple(layer % blocks for layer in self.config.layers)
+        if len(set(resolved)) != len(resolved):
+            raise ValueError(f"layers={list(self.config.layers)} names a block more than once")
+        self.config.layers = resolved
         if self.config.norm_constraint is None:
             self.config.norm_constraint = defaults["norm_constraint"]
         self.parameter_names = self._trained_parameter_names()
@@ -94,12 +134,34 @@ class FTL(Editor):
         return names
 
     def _apply(self, requests: List[EditRequest]) -> WeightEditHandle:
-        model, config, regularizer = self.base_model, self.config, self.regularizer
+        model = self.base_model
         batch = encode_pairs(self.tokenizer, [r.prompt for r in requests], [r.target_new for r in requests],
                              max_length=context_length(self.tokenizer, model), device=self.device)
         originals = snapshot(model, self.parameter_names)
         params = dict(model.named_parameters())
         trained = [params[name] for name in self.parameter_names]
+        # A transaction: whatever is raised while training (Ctrl-C, out of memory, a NaN check),
+        # the model leaves as it came, bit for bit, because no handle would exist to undo it.
+        grads = [p.grad for p in trained]
+        modes = {module: module.training for module in model.modules()}
+        try:
+            history = self._train(model, batch, trained, originals)
+            logger.debug("FT-L on %d request(s): %s", len(requests), history)
+            return WeightEditHandle(model, originals, requests, self.name, {"history": history})
+        except BaseException:
+            with torch.no_grad():
+                for name, param, grad in zip(self.parameter_names, trained, grads):
+                    param.copy_(originals[name])
+                    param.grad = grad
+            raise
+        finally:
+            for module, mode in modes.items():
+                if module.training != mode:
+                    module.train(mode)
+
+    def _train(self, model, batch, trained, originals) -> List[dict]:
+        """The optimisation itself; changes ``trained`` in place and returns the loss history."""
+        config, regularizer = self.config, self.regularizer
         radius = config.norm_constraint
         history = []
         with _train_only(model, trained), torch.enable_grad():
@@ -129,8 +191,7 @@ class FTL(Editor):
                     for name, param in zip(self.parameter_names, trained):
                         original = originals[name]
                         param.copy_(torch.clamp(param, original - radius, original + radius))
-        logger.debug("FT-L on %d request(s): %s", len(requests), history)
-        return WeightEditHandle(model, originals, requests, self.name, {"history": history})
+        return history
 
 
 @contextlib.contextmanager

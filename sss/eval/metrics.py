@@ -217,5 +217,25 @@ def agreement(edited: TeacherForced, unedited: TeacherForced) -> float:
     return same / len(edited.labels)
 
 
+# -- the same two measurements on logits a training objective already holds ----------------------
+
+def token_accuracy(logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
+    """Per example of ``batch``: ``token_acc`` read from ``logits`` of its teacher-forced pass ([B], float64).
+
+    For training objectives (MEND's, SERAC's validation), which have the logits already.
+    """
+    predicted = logits[:, :-1].argmax(-1)
+    mask = batch.target_mask[:, 1:]
+    hits = ((predicted == batch.labels[:, 1:]) & mask).sum(-1).to(torch.float64)
+    return hits / mask.sum(-1).clamp_min(1).to(torch.float64)
+
+
+def argmax_agreement(pre_logits: torch.Tensor, post_logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
+    """Per example: ``agreement`` of two models' logits on the answer positions of ``batch`` ([B], float64)."""
+    mask = batch.target_mask[:, 1:]
+    same = (pre_logits[:, :-1].argmax(-1) == post_logits[:, :-1].argmax(-1)) & mask
+    return same.sum(-1).to(torch.float64) / mask.sum(-1).clamp_min(1).to(torch.float64)
+
+
 def mean(values: Sequence[float]) -> Optional[float]:
     return sum(values) / len(values) if values else None

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..data import EditRequest
+from ..data import EditRequest, as_request_list
 from .measure import Observation, family_means, observe, score
 from .results import EvalResults, summarise
 
@@ -54,7 +54,7 @@ def evaluate(editor, requests: Iterable[EditRequest], mode: str = "single", *, b
     ``checkpoints`` (numbers of edits) only apply to ``sequential``. ``seed`` seeds each edit
     by its position. ``unedited_cache``: a dict reused across calls on the same unedited model.
     """
-    requests = _check_requests(requests)
+    requests = as_request_list(requests, "evaluate()")
     batch_size = _check_mode(mode, batch_size, measure_each, checkpoints)
     if eval_batch_size < 1:
         raise ValueError(f"eval_batch_size must be at least 1, got {eval_batch_size}")
@@ -196,18 +196,6 @@ def _seeded(seed: int, editor):
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         yield
-
-
-def _check_requests(requests) -> List[EditRequest]:
-    if isinstance(requests, EditRequest):
-        requests = [requests]
-    requests = list(requests)
-    if not requests:
-        raise ValueError("evaluate() needs at least one EditRequest")
-    for i, request in enumerate(requests):
-        if not isinstance(request, EditRequest):
-            raise ValueError(f"requests[{i}] is a {type(request).__name__}, not an EditRequest")
-    return requests
 
 
 def _check_mode(mode, batch_size, measure_each, checkpoints) -> int:

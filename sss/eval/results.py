@@ -70,8 +70,9 @@ class EvalResults:
     @property
     def label(self) -> str:
         """How tables name this run: the editor, plus "w/ SSS" when a regularizer was used."""
-        name = {"ft-l": "FT-L", "mend": "MEND", "serac": "SERAC"}.get(self.editor.get("editor"),
-                                                                        str(self.editor.get("editor")))
+        # The editor's own display name (Editor.describe() carries it); a report written before
+        # describe() did falls back to the registered name.
+        name = str(self.editor.get("display") or self.editor.get("editor"))
         regularizer = self.editor.get("regularizer")
         if regularizer:
             kind = "SSS" if regularizer.get("name") == "SSSRegularizer" else regularizer.get("name")

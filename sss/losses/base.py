@@ -2,22 +2,49 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from ..data import PairBatch, encode_pairs
 from ..data.tokenize import context_length
+from ..models import layout_of, num_blocks
 from .edit import target_nll
 
 TARGETS = ("last_hidden", "input_embeds")
 TOKENS = ("prompt", "all")
+Target = Union[str, int]
 
 
 def _check_option(value, allowed, name):
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, allowed))}")
+
+
+def normalize_target(target) -> Target:
+    """``"last_hidden"``, ``"input_embeds"``, or a block index (an int, or a string of digits from a CLI).
+
+    A block index ``k`` names the residual stream entering block ``k`` (its input hidden states);
+    whether ``k`` exists is checked against the model when the forward pass runs.
+    """
+    if isinstance(target, str) and target.isdigit():
+        return int(target)
+    if isinstance(target, int) and not isinstance(target, bool):
+        if target < 0:
+            raise ValueError(f"target block index must be >= 0, got {target}")
+        return target
+    if isinstance(target, str) and target in TARGETS:
+        return target
+    raise ValueError(f"unknown target {target!r}; choose one of {', '.join(map(repr, TARGETS))} "
+                     "or a block index (0, 1, ...)")
+
+
+def check_C(C) -> float:
+    """The mixing weight of Eq. 10: a real number in [0, 1] (a bool is a mistake, not 0 or 1)."""
+    if isinstance(C, bool) or not isinstance(C, (int, float)) or not 0.0 <= float(C) <= 1.0:
+        raise ValueError(f"C must be a number in [0, 1], got {C!r}")
+    return float(C)
 
 
 class SparsityRegularizer(ABC):
@@ -27,20 +54,19 @@ class SparsityRegularizer(ABC):
     by ``target``), computes its per-example loss ``J``, and asks :meth:`penalty` for a scalar;
     :meth:`combine` then mixes it with the editor's own loss: ``(1 - C) * L_ori + C * penalty``.
 
-    ``target``: ``"last_hidden"`` (the LM head's input, after the final norm) or
-    ``"input_embeds"`` (what the first block receives). ``tokens``: which positions count,
+    ``target``: ``"last_hidden"`` (the LM head's input, after the final norm),
+    ``"input_embeds"`` (what the first block receives), or a block index ``k`` (the hidden states
+    entering block ``k``; docs/sss.md compares the three). ``tokens``: which positions count,
     ``"prompt"`` or ``"all"`` (prompt and target).
+
+    Every editor that takes a regularizer differentiates through :meth:`penalty`, a gradient, so
+    all of them run second order; there is no first-order flag to consult.
     """
 
-    needs_second_order = True
-
-    def __init__(self, C: float = 0.9, target: str = "last_hidden", tokens: str = "prompt"):
-        if not isinstance(C, (int, float)) or not 0.0 <= float(C) <= 1.0:
-            raise ValueError(f"C must be a number in [0, 1], got {C!r}")
-        _check_option(target, TARGETS, "target")
+    def __init__(self, C: float = 0.9, target: Target = "last_hidden", tokens: str = "prompt"):
+        self.C = check_C(C)
+        self.target = normalize_target(target)
         _check_option(tokens, TOKENS, "tokens")
-        self.C = float(C)
-        self.target = target
         self.tokens = tokens
 
     @abstractmethod
@@ -93,10 +119,11 @@ def forward_with_embeddings(model: nn.Module, batch: PairBatch, target: str, cal
 
     ``call`` runs the model on keyword inputs (default: ``model`` itself); editors that evaluate
     the model with edited weights (MEND's ``functional_call``) pass their own. For
-    ``last_hidden`` the LM head's input is caught by a hook; when no parameter before it requires
-    grad (scoring a frozen model) it is made a leaf so the gradient still exists.
+    ``last_hidden`` the LM head's input, and for a block index ``k`` block ``k``'s input hidden
+    states, are caught by a forward pre-hook; when no parameter before that point requires grad
+    (scoring a frozen model) the caught tensor is made a leaf so the gradient still exists.
     """
-    _check_option(target, TARGETS, "target")
+    target = normalize_target(target)
     call = call or model
     inputs = batch.model_inputs
     if target == "input_embeds":
@@ -108,18 +135,30 @@ def forward_with_embeddings(model: nn.Module, batch: PairBatch, target: str, cal
 
     captured = []
 
-    def take_head_input(module, args):
-        hidden = args[0]
+    def take_input(module, args, kwargs):
+        in_args = bool(args)
+        hidden = args[0] if in_args else kwargs["hidden_states"]
         if not hidden.requires_grad:
             hidden = hidden.detach().requires_grad_(True)
         captured.append(hidden)
-        return (hidden,) + tuple(args[1:])
+        if in_args:
+            return (hidden,) + tuple(args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
 
-    hook = model.get_output_embeddings().register_forward_pre_hook(take_head_input)
+    hooked = model.get_output_embeddings() if target == "last_hidden" else _block(model, target)
+    # with_kwargs: decoder blocks may receive their hidden states as a keyword argument
+    hook = hooked.register_forward_pre_hook(take_input, with_kwargs=True)
     try:
         out = call(**inputs)
     finally:
         hook.remove()
     if len(captured) != 1:
-        raise RuntimeError(f"expected the LM head to run once, it ran {len(captured)} times")
+        raise RuntimeError(f"expected the hooked module ({target!r}) to run once, it ran {len(captured)} times")
     return out.logits, captured[0]
+
+
+def _block(model: nn.Module, index: int) -> nn.Module:
+    blocks = model.get_submodule(layout_of(model).blocks)
+    if index >= len(blocks):
+        raise ValueError(f"target block {index} is out of range for a model with {num_blocks(model)} blocks")
+    return blocks[index]

@@ -5,17 +5,18 @@
 the batch. A small SSS means the loss barely moves when the embeddings are perturbed: the
 example sits in a semantically sparse region.
 
-Where ``x`` lives matters (DESIGN.md): the default ``last_hidden`` is the LM head's input, as in
+Where ``x`` lives matters (docs/sss.md compares the readings): the default ``last_hidden`` is the LM head's input, as in
 the authors' released code. Teacher forcing makes the logits at position ``t`` depend on the
 last hidden state at ``t`` only, so with ``tokens="prompt"`` the only non-zero prompt gradient is
 the last prompt token's, divided by the prompt length. ``input_embeds`` sees every prompt token
-but is roughly 20x larger than ``J`` on SmolLM2-135M and, at C = 0.9, stops FT-L's edit.
+but is roughly 20x larger than ``J`` on SmolLM2-135M and, at C = 0.9, stops FT-L's edit. A block
+index ``k`` (the residual stream entering block ``k``) lies between the two.
 """
 from __future__ import annotations
 
 import torch
 
-from .base import SparsityRegularizer
+from .base import SparsityRegularizer, Target
 
 REDUCTIONS = ("mean", "sum")
 
@@ -27,7 +28,7 @@ class SSSRegularizer(SparsityRegularizer):
     ``"sum"`` does not (the released code).
     """
 
-    def __init__(self, C: float = 0.9, target: str = "last_hidden", tokens: str = "prompt",
+    def __init__(self, C: float = 0.9, target: Target = "last_hidden", tokens: str = "prompt",
                  reduction: str = "mean"):
         super().__init__(C=C, target=target, tokens=tokens)
         if reduction not in REDUCTIONS:

@@ -55,13 +55,16 @@ Files (``out_dir``; only rank 0 writes)
 Nothing is pickled.
 
 Modules: ``config`` (TrainConfig, Episode, the Trainable protocol), ``episodes`` (which requests
-each episode holds), ``checkpoint`` (the files), ``loop`` (the loop), ``cli`` (``sss train
-EDITOR``, for any registered editor with a ``fit`` method).
+each episode holds), ``checkpoint`` (the files, and reading an editor's checkpoint back),
+``collective`` (what ranks share), ``loop`` (the loop). The command ``sss train EDITOR`` is
+:mod:`sss.cli.train`.
 """
-from .checkpoint import CONFIG_FILE, LOG_FILE, WEIGHTS_FILE, read_checkpoint, write_checkpoint
+from .checkpoint import (CONFIG_FILE, LOG_FILE, WEIGHTS_FILE, checkpoint_editor, read_checkpoint, read_editor_checkpoint,
+                         refuse_mismatches, resolve_checkpoint, shape_mismatches, shapes, write_checkpoint)
 from .config import Episode, Trainable, TrainConfig, TrainResult
 from .episodes import EpisodeStream
 from .loop import train
 
 __all__ = ["CONFIG_FILE", "LOG_FILE", "WEIGHTS_FILE", "Episode", "EpisodeStream", "Trainable", "TrainConfig",
-           "TrainResult", "read_checkpoint", "train", "write_checkpoint"]
+           "TrainResult", "checkpoint_editor", "read_checkpoint", "read_editor_checkpoint", "refuse_mismatches",
+           "resolve_checkpoint", "shape_mismatches", "shapes", "train", "write_checkpoint"]

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
 from ..data import EditRequest
-from .checkpoint import (LOG_FILE, _existing_checkpoint, _json_default, _load_optimizer, _optimizer_files,
-                         read_checkpoint, write_checkpoint)
+from .checkpoint import (LOG_FILE, config_differences, existing_checkpoint, json_default, load_optimizer,
+                         optimizer_files, read_checkpoint, write_checkpoint)
+from .collective import all_reduce_sum, rng_states, set_rng_states
 from .config import Episode, Trainable, TrainConfig, TrainResult
 from .episodes import EpisodeStream
 
@@ -42,61 +42,6 @@ class _LossModule(nn.Module):
 
     def forward(self, episode: Episode):
         return self._trainable[0].training_loss(episode)
-
-
-def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    if not distributed.is_initialized() or distributed.world_size() == 1:
-        return tensor
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    work = tensor.detach().to(device).clone()
-    dist.all_reduce(work, op=dist.ReduceOp.SUM)
-    return work.to(tensor.device)
-
-
-def _rng_states() -> Dict[str, torch.Tensor]:
-    """Every rank's torch RNG state (CPU, and CUDA where present), gathered to all ranks."""
-    mine = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        mine["cuda"] = torch.cuda.get_rng_state()
-    states = {}
-    for key, value in mine.items():
-        parts = [value] if distributed.world_size() == 1 else _all_gather(value)
-        for r, part in enumerate(parts):
-            states[f"{key}.rank{r}"] = part
-    return states
-
-
-def _all_gather(tensor: torch.Tensor) -> List[torch.Tensor]:
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    work = tensor.to(device)
-    parts = [torch.empty_like(work) for _ in range(distributed.world_size())]
-    dist.all_gather(parts, work)
-    return [p.cpu() for p in parts]
-
-
-def _set_rng_states(folder: Path) -> None:
-    from safetensors.torch import load_file
-
-    states = load_file(str(folder / "rng.safetensors"))
-    r = distributed.rank()
-    if f"cpu.rank{r}" not in states:
-        logger.warning("the checkpoint holds no RNG state for rank %d (another world size?); reseeding", r)
-        return
-    torch.set_rng_state(states[f"cpu.rank{r}"])
-    if torch.cuda.is_available() and f"cuda.rank{r}" in states:
-        torch.cuda.set_rng_state(states[f"cuda.rank{r}"])
-
-
-def _config_differences(saved: dict, current: dict, prefix: str = "") -> List[str]:
-    keys = sorted(set(saved) | set(current))
-    out = []
-    for key in keys:
-        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _config_differences(a, b, f"{prefix}{key}.")
-        elif json.dumps(a, default=_json_default) != json.dumps(b, default=_json_default):
-            out.append(f"{prefix}{key}: checkpoint {a!r}, now {b!r}")
-    return out
 
 
 class _Trainer:
@@ -197,7 +142,7 @@ class _Trainer:
         self.optimizer.step()
         after = getattr(self.trainable, "after_optimizer_step", None)
         if callable(after):
-            after(_all_reduce_sum)
+            after(all_reduce_sum)
         self.step += 1
         record = self._global_means(values)  # over the whole global batch
         if grad_norm is not None:
@@ -222,7 +167,7 @@ class _Trainer:
             keys = sorted({k for part in distributed.gather_objects(keys, to_all=True) for k in part})
         sums = [sum(v.get(k, 0.0) for v in values) for k in keys]
         counts = [sum(k in v for v in values) for k in keys]
-        totals = _all_reduce_sum(torch.tensor(sums + counts, dtype=torch.float64))
+        totals = all_reduce_sum(torch.tensor(sums + counts, dtype=torch.float64))
         return {k: float(totals[i] / totals[len(keys) + i]) for i, k in enumerate(keys)}
 
     # -- files ----------------------------------------------------------------------------------
@@ -244,30 +189,30 @@ class _Trainer:
     def _save_latest(self) -> None:
         if self.out is None:
             return
-        rng = _rng_states()  # collective: every rank takes part
+        rng = rng_states()  # collective: every rank takes part
         if not self.main:
             return
         loop = {"step": self.step, "episodes_consumed": self.step * self.config.episodes_per_step,
                 "best_loss": None if math.isinf(self.best_loss) else self.best_loss, "best_step": self.best_step,
                 "best_metrics": self.best_metrics, "bad_validations": self.bad_validations, "world_size": self.world}
-        files = _optimizer_files(self.optimizer) | {"rng.safetensors": rng, "loop.json": loop}
+        files = optimizer_files(self.optimizer) | {"rng.safetensors": rng, "loop.json": loop}
         write_checkpoint(self.out / "latest", self.trainable.state_dict(), self._checkpoint_config(None), files)
 
     def _resume(self) -> bool:
-        folder = _existing_checkpoint(self.out / "latest") if self.out is not None else None
+        folder = existing_checkpoint(self.out / "latest") if self.out is not None else None
         if folder is None or not (folder / "loop.json").is_file():
             return False
         tensors, saved = read_checkpoint(folder)
-        problems = _config_differences(saved["trainable"], json.loads(json.dumps(
-            self.trainable.checkpoint_config(), default=_json_default)))
+        problems = config_differences(saved["trainable"], json.loads(json.dumps(
+            self.trainable.checkpoint_config(), default=json_default)))
         train_now = {k: v for k, v in self.config.to_dict().items() if k not in _RESUMABLE_CHANGES}
         train_then = {k: v for k, v in saved["train"].items() if k not in _RESUMABLE_CHANGES}
-        problems += _config_differences(train_then, json.loads(json.dumps(train_now, default=_json_default)))
+        problems += config_differences(train_then, json.loads(json.dumps(train_now, default=json_default)))
         if problems:
             raise ValueError(f"cannot resume from {folder}: the run's settings differ from the checkpoint's "
                              "(use another out_dir or resume=False):\n  " + "\n  ".join(problems))
         self.trainable.load_state_dict(tensors)
-        _load_optimizer(self.optimizer, folder)
+        load_optimizer(self.optimizer, folder)
         loop = json.loads((folder / "loop.json").read_text())
         self.step = loop["step"]
         self.best_loss = math.inf if loop["best_loss"] is None else loop["best_loss"]
@@ -275,7 +220,7 @@ class _Trainer:
         self.bad_validations = loop["bad_validations"]
         if self.best_step is not None and (self.out / "best").exists():
             self.best_state, _ = read_checkpoint(self.out / "best")
-        _set_rng_states(folder)
+        set_rng_states(folder)
         if self.main:
             self._truncate_log(self.step)
         distributed.barrier()

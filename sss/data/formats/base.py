@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ..requests import EditRequest, LocalityProbe, PortabilityProbe
+from ..requests import EditRequest, LocalityProbe, PortabilityProbe  # noqa: F401 (EditRequest: Converter)
 
 
 @dataclass
@@ -78,25 +78,63 @@ def missing_keys(record: Mapping[str, Any], required: Iterable[str]) -> List[str
     return [path for path in required if lookup(record, path) is None]
 
 
-def texts(value: Any) -> List[str]:
-    """Every non-empty string in a field that may be a string, a list, or a list of lists."""
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def one_text(value: Any, field: str) -> Optional[str]:
+    """A field that must be one string (a prompt, a target, a subject); ``None`` when absent.
+
+    Anything else (a dict such as ``{"str": "x"}``, a list, a number) is a ``ValueError`` naming
+    the field: turning it into text would silently edit towards ``"{'str': 'x'}"``. An empty
+    string is returned as is, for ``EditRequest`` to report.
+    """
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError(f"{field} must be a string, got {_shown(value)}")
+
+
+def texts(value: Any, field: str = "field") -> List[str]:
+    """Every non-empty string in a field that may be a string, a list, or a list of lists.
+
+    A leaf that is not a string (a number, a dict) is a ``ValueError`` naming the field.
+    """
     if value is None:
         return []
     if isinstance(value, str):
         return [value] if value.strip() else []
     if isinstance(value, (list, tuple)):
-        return [text for item in value for text in texts(item)]
-    return [str(value)] if str(value).strip() else []
+        return [text for i, item in enumerate(value) for text in texts(item, f"{field}[{i}]")]
+    raise ValueError(f"{field} must be a string or a list of strings, got {_shown(value)}")
 
 
 def is_text(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def first_text(value: Any) -> Optional[str]:
+def first_text(value: Any, field: str = "field") -> Optional[str]:
     """The first non-empty string of a field (KnowEdit and ZsRE give answers as lists)."""
-    found = texts(value)
+    found = texts(value, field)
     return found[0] if found else None
+
+
+def record_label(format_name: str, index: int, record: Any) -> str:
+    """``record 3 (counterfact, case_id 17)``: how errors name a record."""
+    case = record.get("case_id") if isinstance(record, Mapping) else None
+    extra = f", case_id {case}" if case is not None else ""
+    return f"record {index} ({format_name}{extra})"
+
+
+def each_record(format_name: str, records: Sequence[Mapping[str, Any]], convert_one: Callable[[int, Any], Any]) -> list:
+    """``[convert_one(index, record) ...]``, any ``ValueError`` re-raised naming the record."""
+    out = []
+    for index, record in enumerate(records):
+        try:
+            out.append(convert_one(index, record))
+        except ValueError as error:
+            raise ValueError(f"{record_label(format_name, index, record)}: {error}") from error
+    return out
 
 
 def subject_in_prompt(subject: Any, prompt: str, stats: ReadStats) -> Optional[str]:
@@ -105,8 +143,8 @@ def subject_in_prompt(subject: Any, prompt: str, stats: ReadStats) -> Optional[s
     ``EditRequest`` requires its subject to occur in its prompt. Datasets sometimes differ in
     case only ("the Beatles" / "The Beatles"): then the prompt's spelling is used.
     """
-    subject = first_text(subject)
-    if subject is None or not isinstance(prompt, str):
+    subject = one_text(subject, "subject")
+    if subject is None or not subject.strip() or not isinstance(prompt, str):
         return None
     if subject in prompt:
         return subject
@@ -117,11 +155,15 @@ def subject_in_prompt(subject: Any, prompt: str, stats: ReadStats) -> Optional[s
     return None
 
 
-def probes(pairs: Iterable[Tuple[Any, Any]], category: str, kind, stats: ReadStats, source: str):
-    """Probes from (prompt, answer) pairs; pairs with an empty side are left out and counted."""
+def probes(pairs: Iterable[Tuple[Any, Any]], category: str, kind, stats: ReadStats, source: str,
+           field: str = "probe"):
+    """Probes from (prompt, answer) pairs; pairs with an empty side are left out and counted.
+
+    ``field`` names the record's field(s) the pairs came from, for errors.
+    """
     made = []
     for prompt, answer in pairs:
-        prompt, answer = first_text(prompt), first_text(answer)
+        prompt, answer = first_text(prompt, f"{field} prompt"), first_text(answer, f"{field} answer")
         if prompt is None or answer is None:
             stats.skip_probe(f"{source}: empty prompt or answer")
             continue
@@ -129,12 +171,13 @@ def probes(pairs: Iterable[Tuple[Any, Any]], category: str, kind, stats: ReadSta
     return made
 
 
-def locality_probes(pairs, category: str, stats: ReadStats, source: str) -> List[LocalityProbe]:
-    return probes(pairs, category, LocalityProbe, stats, source)
+def locality_probes(pairs, category: str, stats: ReadStats, source: str, field: str = "locality") -> List[LocalityProbe]:
+    return probes(pairs, category, LocalityProbe, stats, source, field)
 
 
-def portability_probes(pairs, category: str, stats: ReadStats, source: str) -> List[PortabilityProbe]:
-    return probes(pairs, category, PortabilityProbe, stats, source)
+def portability_probes(pairs, category: str, stats: ReadStats, source: str,
+                       field: str = "portability") -> List[PortabilityProbe]:
+    return probes(pairs, category, PortabilityProbe, stats, source, field)
 
 
 def paired(prompts: Any, answers: Any) -> List[Tuple[Any, Any]]:
@@ -147,14 +190,6 @@ def paired(prompts: Any, answers: Any) -> List[Tuple[Any, Any]]:
             return list(zip(prompts, answers))
         return [(prompt, answers) for prompt in prompts]
     return [(prompts, answers)]
-
-
-def build_request(format_name: str, index: int, **fields) -> EditRequest:
-    """An ``EditRequest``, with any validation error re-raised naming the record."""
-    try:
-        return EditRequest(**fields)
-    except ValueError as error:
-        raise ValueError(f"record {index} ({format_name}): {error}") from error
 
 
 def case_id(record: Mapping[str, Any], index: int) -> str:

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 from ..probes import NEIGHBORHOOD, distract_neighbors
 from ..requests import EditRequest
-from .base import (Format, ReadStats, build_request, case_id, first_text, is_text, locality_probes, paired,
+from .base import (Format, ReadStats, case_id, each_record, first_text, is_text, locality_probes, one_text, paired,
                    subject_in_prompt, texts)
 from .same_subject import relation_words, same_relation_by_words, unrelated_attributes
 
@@ -20,30 +20,33 @@ NAME = "counterfact"
 
 
 def convert(records, stats: ReadStats) -> List[Optional[EditRequest]]:
-    subjects = [subject_in_prompt(record.get("subject"), record["prompt"], stats) for record in records]
-    prompts = [record["prompt"] if is_text(record["prompt"]) else "" for record in records]
-    true_objects = [first_text(record["ground_truth"]) for record in records]
-    relations = [relation_words(prompt, subject) for prompt, subject in zip(prompts, subjects)]
-    unrelated = unrelated_attributes(subjects, prompts, true_objects, relations, same_relation_by_words)
-    return [_convert_one(record, index, subjects[index], true_objects[index], unrelated[index], stats)
-            for index, record in enumerate(records)]
+    # Type errors surface here, in the first pass, named by each_record.
+    prompts = each_record(NAME, records, lambda index, record: one_text(record["prompt"], "prompt"))
+    subjects = each_record(NAME, records, lambda index, record: subject_in_prompt(record.get("subject"),
+                                                                                  prompts[index], stats))
+    true_objects = each_record(NAME, records, lambda index, record: first_text(record["ground_truth"],
+                                                                               "ground_truth"))
+    usable = [prompt if is_text(prompt) else "" for prompt in prompts]
+    relations = [relation_words(prompt, subject) for prompt, subject in zip(usable, subjects)]
+    unrelated = unrelated_attributes(subjects, usable, true_objects, relations, same_relation_by_words)
+    return each_record(NAME, records, lambda index, record: _convert_one(
+        record, index, subjects[index], true_objects[index], unrelated[index], stats))
 
 
 def _convert_one(record, index, subject, target_true, unrelated, stats: ReadStats) -> EditRequest:
     prompt = record["prompt"]
-    target_new = first_text(record["target_new"]) or record["target_new"]  # empty: EditRequest names it
+    target_new = one_text(record["target_new"], "target_new")  # empty: EditRequest names it
     neighbors = locality_probes(paired(record["locality_prompt"], record["locality_ground_truth"]),
-                                NEIGHBORHOOD, stats, NAME)
+                                NEIGHBORHOOD, stats, NAME, "locality_prompt/locality_ground_truth")
     pre_neighbors = [probe for probe in neighbors if probe.answer == target_true]
     # A malformed prompt or target is reported by EditRequest (naming the field), not here.
     distracts = distract_neighbors(prompt, target_new, pre_neighbors) if is_text(prompt) and is_text(target_new) else ()
-    return build_request(
-        NAME, index,
+    return EditRequest(
         prompt=prompt,
         target_new=target_new,
         subject=subject,
         target_true=target_true,
-        rephrase_prompts=tuple(texts(record["rephrase_prompt"])),
+        rephrase_prompts=tuple(texts(record["rephrase_prompt"], "rephrase_prompt")),
         locality=(*neighbors, *distracts, *unrelated),
         case_id=case_id(record, index),
         metadata={"format": NAME, "index": index},

@@ -14,8 +14,8 @@ from typing import Any, List, Mapping, Optional
 
 from ..probes import FORGETFULNESS, ONE_HOP, REVERSED_RELATION, SUBJECT_REPLACE, UNRELATED_ATTRIBUTE
 from ..requests import EditRequest
-from .base import (Format, ReadStats, build_request, case_id, first_text, locality_probes, paired,
-                   portability_probes, subject_in_prompt, texts)
+from .base import (Format, ReadStats, case_id, each_record, locality_probes, one_text, paired, portability_probes,
+                   subject_in_prompt, texts)
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ FAMILIES = {**LOCALITY_FAMILIES, **PORTABILITY_FAMILIES}
 
 
 def convert(records, stats: ReadStats) -> List[Optional[EditRequest]]:
-    return [_convert_one(record, index, stats) for index, record in enumerate(records)]
+    return each_record(NAME, records, lambda index, record: _convert_one(record, index, stats))
 
 
 def _family_pairs(entries: Any) -> list:
@@ -60,23 +60,22 @@ def _probes(families: Any, known: dict, make, stats: ReadStats, field: str) -> l
                                field, family, ", ".join(known))
             stats.skip_probe(f"{NAME}: unknown {field} family {family}")
             continue
-        made.extend(make(_family_pairs(entries), category, stats, NAME))
+        made.extend(make(_family_pairs(entries), category, stats, NAME, f"{field}.{family}"))
     return made
 
 
 def _convert_one(record, index: int, stats: ReadStats) -> EditRequest:
-    prompt = record["prompt"]
-    answers = texts(record.get("ground_truth"))
+    prompt = one_text(record["prompt"], "prompt")
+    answers = texts(record.get("ground_truth"), "ground_truth")
     metadata = {"format": NAME, "index": index}
     if len(answers) > 1:
         metadata["ground_truth"] = answers
-    return build_request(
-        NAME, index,
+    return EditRequest(
         prompt=prompt,
-        target_new=first_text(record["target_new"]) or record["target_new"],
+        target_new=one_text(record["target_new"], "target_new"),
         subject=subject_in_prompt(record.get("subject"), prompt, stats),
         target_true=answers[0] if answers else None,
-        rephrase_prompts=tuple(texts(record.get("rephrase_prompt"))),
+        rephrase_prompts=tuple(texts(record.get("rephrase_prompt"), "rephrase_prompt")),
         locality=tuple(_probes(record["locality"], LOCALITY_FAMILIES, locality_probes, stats, "locality")),
         portability=tuple(_probes(record["portability"], PORTABILITY_FAMILIES, portability_probes, stats,
                                   "portability")),

@@ -16,7 +16,7 @@ from typing import Any, List, Optional
 
 from ..probes import POST_NEIGHBOR, PRE_NEIGHBOR, distract_neighbors
 from ..requests import EditRequest
-from .base import (Format, ReadStats, build_request, case_id, first_text, is_text, locality_probes, lookup,
+from .base import (Format, ReadStats, case_id, each_record, first_text, is_text, locality_probes, lookup, one_text,
                    texts)
 from .same_subject import same_relation_by_id, unrelated_attributes
 
@@ -25,50 +25,56 @@ SLOT = "{}"
 
 
 def convert(records, stats: ReadStats) -> List[Optional[EditRequest]]:
-    subjects = [first_text(lookup(record, "requested_rewrite.subject")) for record in records]
-    prompts = [_fill(record, index, subject) for index, (record, subject) in enumerate(zip(records, subjects))]
-    true_objects = [first_text(lookup(record, "requested_rewrite.target_true.str")) for record in records]
+    subjects = each_record(NAME, records, lambda index, record: _subject(record))
+    prompts = each_record(NAME, records, lambda index, record: _fill(record, subjects[index]))
+    true_objects = each_record(NAME, records, lambda index, record: first_text(
+        one_text(lookup(record, "requested_rewrite.target_true.str"), "requested_rewrite.target_true.str")))
     relations = [lookup(record, "requested_rewrite.relation_id") or f"record {index}"
                  for index, record in enumerate(records)]  # no relation id: never "the same relation"
     unrelated = unrelated_attributes(subjects, prompts, true_objects, relations, same_relation_by_id)
-    return [_convert_one(record, index, subjects[index], prompts[index], true_objects[index], unrelated[index], stats)
-            for index, record in enumerate(records)]
+    return each_record(NAME, records, lambda index, record: _convert_one(
+        record, index, subjects[index], prompts[index], true_objects[index], unrelated[index], stats))
 
 
-def _fill(record, index: int, subject: Optional[str]) -> str:
-    template = lookup(record, "requested_rewrite.prompt")
-    if not isinstance(template, str) or SLOT not in template:
-        raise ValueError(f"record {index} ({NAME}): requested_rewrite.prompt must contain the subject slot "
-                         f"{SLOT!r}, got {template!r}")
+def _subject(record) -> Optional[str]:
+    subject = one_text(lookup(record, "requested_rewrite.subject"), "requested_rewrite.subject")
+    return subject if is_text(subject) else None
+
+
+def _fill(record, subject: Optional[str]) -> str:
+    template = one_text(lookup(record, "requested_rewrite.prompt"), "requested_rewrite.prompt")
+    if template is None or SLOT not in template:
+        raise ValueError(f"requested_rewrite.prompt must contain the subject slot {SLOT!r}, got {template!r}")
     if subject is None:
-        raise ValueError(f"record {index} ({NAME}): requested_rewrite.subject is empty")
+        raise ValueError("requested_rewrite.subject is empty")
     return template.replace(SLOT, subject)
 
 
-def _prompt_texts(value: Any) -> List[str]:
+def _prompt_texts(value: Any, field: str) -> List[str]:
     """Neighbor prompts are strings in counterfact.json, ``{"prompt": ...}`` dicts in some copies."""
     if isinstance(value, (list, tuple)):
-        return [text for item in value for text in _prompt_texts(item)]
+        return [text for i, item in enumerate(value) for text in _prompt_texts(item, f"{field}[{i}]")]
     if isinstance(value, dict):
-        return texts(value.get("prompt"))
-    return texts(value)
+        return texts(value.get("prompt"), f"{field}.prompt")
+    return texts(value, field)
 
 
 def _convert_one(record, index, subject, prompt, target_true, unrelated, stats: ReadStats) -> EditRequest:
-    target_new = lookup(record, "requested_rewrite.target_new.str")
-    pre = locality_probes([(p, target_true) for p in _prompt_texts(record["neighborhood_prompts"])],
-                          PRE_NEIGHBOR, stats, NAME)
-    post = locality_probes([(p, target_new) for p in _prompt_texts(record.get("attribute_prompts"))],
-                           POST_NEIGHBOR, stats, NAME)
+    target_new = one_text(lookup(record, "requested_rewrite.target_new.str"), "requested_rewrite.target_new.str")
+    pre = locality_probes([(p, target_true) for p in _prompt_texts(record["neighborhood_prompts"],
+                                                                   "neighborhood_prompts")],
+                          PRE_NEIGHBOR, stats, NAME, "neighborhood_prompts")
+    post = locality_probes([(p, target_new) for p in _prompt_texts(record.get("attribute_prompts"),
+                                                                   "attribute_prompts")],
+                           POST_NEIGHBOR, stats, NAME, "attribute_prompts")
     distracts = distract_neighbors(prompt, target_new, pre) if is_text(target_new) else ()
     rewrite = record["requested_rewrite"]
-    return build_request(
-        NAME, index,
+    return EditRequest(
         prompt=prompt,
         target_new=target_new,
         subject=subject,
         target_true=target_true,
-        rephrase_prompts=tuple(_prompt_texts(record["paraphrase_prompts"])),
+        rephrase_prompts=tuple(_prompt_texts(record["paraphrase_prompts"], "paraphrase_prompts")),
         locality=(*pre, *post, *distracts, *unrelated),
         case_id=case_id(record, index),
         metadata={"format": NAME, "index": index, "relation_id": rewrite.get("relation_id"),

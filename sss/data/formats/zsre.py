@@ -12,35 +12,34 @@ from typing import List, Optional
 
 from ..probes import NEIGHBORHOOD
 from ..requests import EditRequest
-from .base import (Format, ReadStats, build_request, case_id, first_text, locality_probes, paired,
-                   subject_in_prompt, texts)
+from .base import Format, ReadStats, case_id, each_record, locality_probes, one_text, paired, subject_in_prompt, texts
 
 NAME = "zsre"
 EMPTY_ALT = "empty ZsRE alt"
 
 
 def convert(records, stats: ReadStats) -> List[Optional[EditRequest]]:
-    return [_convert_one(record, index, stats) for index, record in enumerate(records)]
+    return each_record(NAME, records, lambda index, record: _convert_one(record, index, stats))
 
 
 def _convert_one(record, index: int, stats: ReadStats) -> Optional[EditRequest]:
-    target_new = first_text(record["alt"])
-    if target_new is None:
+    target_new = one_text(record["alt"], "alt")
+    if target_new is None or not target_new.strip():
         stats.skip_record(index, EMPTY_ALT)
         return None
-    prompt = record["src"]
-    answers = texts(record["answers"])
+    prompt = one_text(record["src"], "src")
+    answers = texts(record["answers"], "answers")
     metadata = {"format": NAME, "index": index}
     if len(answers) > 1:  # other accepted answers, for metrics that want them
         metadata["answers"] = answers
-    return build_request(
-        NAME, index,
+    return EditRequest(
         prompt=prompt,
         target_new=target_new,
-        subject=subject_in_prompt(record.get("subject"), prompt, stats) if isinstance(prompt, str) else None,
+        subject=subject_in_prompt(record.get("subject"), prompt, stats),
         target_true=answers[0] if answers else None,
-        rephrase_prompts=tuple(texts(record["rephrase"])),
-        locality=tuple(locality_probes(paired(record["loc"], record["loc_ans"]), NEIGHBORHOOD, stats, NAME)),
+        rephrase_prompts=tuple(texts(record["rephrase"], "rephrase")),
+        locality=tuple(locality_probes(paired(record["loc"], record["loc_ans"]), NEIGHBORHOOD, stats, NAME,
+                                       "loc/loc_ans")),
         case_id=case_id(record, index),
         metadata=metadata,
     )

@@ -1,7 +1,8 @@
 """MEND (Mitchell et al., "Fast Model Editing at Scale", ICLR 2022): a trained gradient transform.
 
 ``network``: the transform of each edited layer's factors; ``hooks``: the inner pass that
-captures them; ``editor``: the ``MEND`` editor, its objective, training and checkpoints.
+captures them; ``editor``: the ``MEND`` editor (the edit and its checkpoints); ``objective``:
+how it is trained (the outer loss of an episode, ``fit``).
 """
 from .editor import MEND, MENDConfig
 from .network import GradientTransform, LowRankResidual, MENDNetworks, RunningNorm

@@ -8,7 +8,7 @@ outputs are differentiable without touching any ``requires_grad`` flag of the mo
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, Tuple
 
 import torch
 from torch import nn
@@ -65,8 +65,3 @@ def _keep(store: dict, name: str):
 def factor_product(u: torch.Tensor, delta: torch.Tensor, conv1d: bool) -> torch.Tensor:
     """``Σ_t δ_t u_tᵀ`` laid out like the weight: [out, in] for ``nn.Linear``, [in, out] for ``Conv1D``."""
     return u.T @ delta if conv1d else delta.T @ u
-
-
-def edited_weights(names: Sequence[str], model: nn.Module) -> Dict[str, torch.Tensor]:
-    params = dict(model.named_parameters())
-    return {name: params[name] for name in names}

@@ -7,7 +7,7 @@ per input whether a stored edit applies, and if so the counterfactual model (by 
 the base model) answers with the edit's text in front of the input.
 
 Training (``fit``) runs the shared loop of :mod:`sss.train`; SERAC implements its ``Trainable``
-protocol here and takes its losses from :mod:`.objective`. With ``regularizer=SSSRegularizer()``
+protocol here and takes its losses and validation accuracy from :mod:`.objective`. With ``regularizer=SSSRegularizer()``
 the counterfactual model's objective becomes the paper's Eq. 10.
 """
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -23,63 +22,16 @@ import torch
 from torch import nn
 
 from ...data import EditRequest
-from ..base import _ACTIVE_EDITS, EditHandle, Editor, EditorConfig, register_editor
+from ...losses import regularizer_from_description
+from ...train import read_editor_checkpoint, refuse_mismatches, shape_mismatches, shapes, write_checkpoint
+from ..base import EditHandle, Editor, forget_edits, register_editor
 from . import objective
-from .classifier import CLASSIFIERS, ScopeClassifier, build_classifier
+from .classifier import ScopeClassifier, build_classifier
+from .config import SERACConfig
 from .memory import EditMemory
 from .routed import RoutedModel
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_KIND = "serac"
-
-
-@dataclass
-class SERACConfig(EditorConfig):
-    """SERAC's hyper-parameters. Defaults: the paper's / EasyEdit's (``lr=1e-5``, ``c_e=0.1``,
-    threshold 0.5) where they say; the rest are sss's choices, documented in docs/serac.md.
-
-    ``classifier``: "embedding" (bi-encoder with learned similarity) or "cross" (cross-encoder).
-    ``encoder``: the classifier's sentence encoder, None for the bundled MiniLM.
-    ``counterfactual``: a model name/path for the counterfactual model (it must share the base
-    model's tokenizer); None copies the base model (the paper's setting). ``cf_layers``: train
-    only the counterfactual model's last N blocks and final norm (embeddings frozen, backward
-    stops below them: a CPU budget setting); None trains all of it (the paper's setting).
-    ``lr`` trains the counterfactual model, ``cls_lr`` the classifier's encoder and ``head_lr``
-    its freshly initialised similarity/head.
-    """
-
-    threshold: float = 0.5
-    classifier: str = "embedding"
-    encoder: Optional[str] = None
-    encoder_max_length: int = 128
-    train_encoder: bool = True
-    counterfactual: Optional[str] = None
-    cf_layers: Optional[int] = None
-    separator: str = "\n"
-    lr: float = 1e-5
-    cls_lr: float = 1e-5
-    head_lr: float = 1e-3
-    c_e: float = 0.1
-    c_loc: float = 1.0
-    c_cls: float = 1.0
-
-    def __post_init__(self):
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be a probability in (0, 1), got {self.threshold!r}")
-        if self.classifier not in CLASSIFIERS:
-            raise ValueError(f"unknown classifier {self.classifier!r}; choose one of {', '.join(CLASSIFIERS)}")
-        for name in ("lr", "cls_lr", "head_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("c_e", "c_loc", "c_cls"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)!r}")
-        if self.cf_layers is not None and (not isinstance(self.cf_layers, int) or self.cf_layers < 1):
-            raise ValueError(f"cf_layers must be a positive number of blocks or None, got {self.cf_layers!r}")
-        if not isinstance(self.separator, str):
-            raise ValueError(f"separator must be a string, got {type(self.separator).__name__}")
-
 
 class MemoryEditHandle(EditHandle):
     """One SERAC edit: the memory entries it added. ``restore()`` removes exactly those.
@@ -106,7 +58,7 @@ class _Trained(nn.Module):
         self.classifier = classifier
 
 
-@register_editor("serac")
+@register_editor("serac", display="SERAC")
 class SERAC(Editor):
     """``SERAC(model, tokenizer, config=None, *, scope_classifier=None, counterfactual_model=None,
     model_name=None, regularizer=None, progress=True, **overrides)``.
@@ -184,8 +136,7 @@ class SERAC(Editor):
     def load_memory(self, folder: Union[str, Path]) -> EditMemory:
         """Replace the memory with a saved one (edits made before are dropped; their handles are void)."""
         loaded = EditMemory.load(folder, self.classifier)
-        for handle in _ACTIVE_EDITS.pop(self.memory, []):
-            handle.restored = True  # their entries are gone; restoring them would remove nothing of theirs
+        forget_edits(self.memory)  # their entries are gone; restoring them would remove nothing of theirs
         self.memory.__dict__.update(loaded.__dict__)  # keep the object the routed model refers to
         return self.memory
 
@@ -231,44 +182,7 @@ class SERAC(Editor):
         cf_loss, logs, cf_logits = objective.counterfactual_loss(self.counterfactual, self.base_model, batches,
                                                                  c_e=self.config.c_e, c_loc=self.config.c_loc)
         metrics |= logs | {"cls_loss": float(cls_loss), "edit_loss": float(cf_loss + self.config.c_cls * cls_loss)}
-        metrics |= self._system_accuracy(episode, logits, examples, batches, cf_logits)
-        return metrics
-
-    def _system_accuracy(self, episode, logits, examples, batches, cf_logits) -> Dict[str, float]:
-        """Accuracy of the routed system, routing each bare input among the episode's edits."""
-        probs = torch.sigmoid(logits.float())
-        best, index = probs.max(-1)
-        bare_rows = [i for i, bare in enumerate(examples.bare) if bare]
-        routed_own = [(bool(best[i] > self.config.threshold) and int(index[i]) == examples.owners[i])
-                      for i in bare_rows]
-        routed_any = [bool(best[i] > self.config.threshold) for i in bare_rows]
-        requests = episode.requests
-        n_rephrases = sum(len(r.rephrase_prompts) for r in requests)
-        # Bare rows come in the order scope_examples built them: per request its prompt then its
-        # rephrasings, then the locality inputs.
-        edit_rows, rephrase_rows, cursor = [], [], 0
-        for r in requests:
-            edit_rows.append(cursor)
-            rephrase_rows.extend(range(cursor + 1, cursor + 1 + len(r.rephrase_prompts)))
-            cursor += 1 + len(r.rephrase_prompts)
-        loc_rows = list(range(cursor, cursor + len(episode.locality)))
-
-        cf_edit = objective.token_accuracy(cf_logits["edits"], batches.edits)
-        # Unrouted in-scope inputs are answered by the base model; it scores the same target.
-        base_batch = _unconditioned_batch(self, requests, "edits")
-        base_edit = objective.token_accuracy(self.base_model(**base_batch.model_inputs).logits, base_batch)
-        reliability = [float(cf_edit[j] if routed_own[row] else base_edit[j]) for j, row in enumerate(edit_rows)]
-        metrics = {"reliability": sum(reliability) / len(reliability)}
-        if n_rephrases:
-            cf_reph = objective.token_accuracy(cf_logits["rephrases"], batches.rephrases)
-            base_batch = _unconditioned_batch(self, requests, "rephrases")
-            base_reph = objective.token_accuracy(self.base_model(**base_batch.model_inputs).logits, base_batch)
-            generality = [float(cf_reph[j] if routed_own[row] else base_reph[j]) for j, row in enumerate(rephrase_rows)]
-            metrics["generality"] = sum(generality) / len(generality)
-        agreement = objective.answer_agreement(cf_logits["base_locality"], cf_logits["locality"],
-                                               batches.locality_plain)
-        locality = [float(agreement[j]) if routed_any[row] else 1.0 for j, row in enumerate(loc_rows)]
-        metrics["locality"] = sum(locality) / len(locality)
+        metrics |= objective.system_accuracy(self, episode, logits, examples, batches, cf_logits)
         return metrics
 
     def fit(self, train_requests: Sequence[EditRequest], val_requests: Sequence[EditRequest] = (),
@@ -301,13 +215,8 @@ class SERAC(Editor):
         return {name: param.detach() for name, param in self._saved_parameters().items()}
 
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
-        own = self.state_dict()
-        problems = [f"{k}: in the checkpoint, not in this SERAC" for k in sorted(set(state) - set(own))]
-        problems += [f"{k}: missing from the checkpoint" for k in sorted(set(own) - set(state))]
-        problems += [f"{k}: checkpoint shape {tuple(state[k].shape)}, here {tuple(own[k].shape)}"
-                     for k in sorted(set(own) & set(state)) if tuple(state[k].shape) != tuple(own[k].shape)]
-        if problems:
-            raise ValueError("the SERAC weights do not match this model:\n  " + "\n  ".join(problems[:20]))
+        refuse_mismatches(shape_mismatches(shapes(state), shapes(self.state_dict()), present_as="SERAC"),
+                          "the SERAC weights do not match this model")
         params = self._saved_parameters()
         with torch.no_grad():
             for name, tensor in state.items():
@@ -316,7 +225,7 @@ class SERAC(Editor):
 
     def checkpoint_config(self) -> dict:
         return {
-            "editor": CHECKPOINT_KIND,
+            "editor": self.name,
             "base_model": self.model_name,
             "model_type": self.base_model.config.model_type,
             "vocab_size": self.base_model.get_input_embeddings().num_embeddings,
@@ -329,27 +238,18 @@ class SERAC(Editor):
 
     def save(self, folder: Union[str, Path]) -> Path:
         """Write the trained weights (safetensors) and the config (JSON) into ``folder``."""
-        from ...train import write_checkpoint
-
         return write_checkpoint(folder, self.state_dict(), {"trainable": self.checkpoint_config()})
 
     @classmethod
-    def load(cls, folder: Union[str, Path], model, tokenizer, *, regularizer=None, progress: bool = True,
-             **overrides) -> "SERAC":
-        """A SERAC for ``model`` with the weights in ``folder`` (a ``save`` folder or a training
+    def from_checkpoint(cls, path: Union[str, Path], model, tokenizer, **overrides) -> "SERAC":
+        """A SERAC for ``model`` with the weights in ``path`` (a ``save`` folder or a training
         ``out_dir``, whose ``best/`` is used). Refused, with what differs, if it does not fit.
 
         The regularizer it was trained with is rebuilt (so reports say "w/ SSS"); SSS acts during
-        training only, so it changes nothing about editing. ``overrides`` change config fields
-        that do not affect the weights (e.g. ``threshold``)."""
-        from ...train import read_checkpoint
-
-        folder = Path(folder)
-        if not (folder / "weights.safetensors").exists() and (folder / "best" / "weights.safetensors").exists():
-            folder = folder / "best"
-        tensors, saved = read_checkpoint(folder)
-        info = saved.get("trainable", saved)
-        if info.get("editor") != CHECKPOINT_KIND:
+        training only, so it changes nothing about editing. ``overrides``: ``progress=``,
+        ``regularizer=``, or config fields that do not affect the weights (e.g. ``threshold``)."""
+        tensors, info, folder = read_editor_checkpoint(path)
+        if info.get("editor") != cls.name:
             raise ValueError(f"{folder} is a {info.get('editor')!r} checkpoint, not a SERAC one")
         problems = []
         if info.get("model_type") != model.config.model_type:
@@ -357,42 +257,14 @@ class SERAC(Editor):
         vocab = model.get_input_embeddings().num_embeddings
         if info.get("vocab_size") != vocab:
             problems.append(f"vocabulary: checkpoint {info.get('vocab_size')}, model {vocab}")
-        if problems:
-            raise ValueError(f"the SERAC checkpoint {folder} does not fit this model:\n  " + "\n  ".join(problems))
+        refuse_mismatches(problems, f"the SERAC checkpoint {folder} does not fit this model")
         names = {f.name for f in dataclasses.fields(SERACConfig)}
         config = SERACConfig(**{k: v for k, v in info["config"].items() if k in names})
-        if regularizer is None:
-            regularizer = _regularizer_from(info.get("regularizer"))
-        editor = cls(model, tokenizer, config, regularizer=regularizer, model_name=info.get("base_model"),
-                     progress=progress, **overrides)
+        if overrides.get("regularizer") is None:
+            overrides["regularizer"] = regularizer_from_description(info.get("regularizer"))
+        editor = cls(model, tokenizer, config, **{"model_name": info.get("base_model"), **overrides})
         editor.load_state_dict(tensors)
         return editor
-
-
-def _unconditioned_batch(editor: SERAC, requests, which: str):
-    from ...data import encode_pairs
-    from ...data.tokenize import context_length
-
-    if which == "edits":
-        prompts, targets = [r.prompt for r in requests], [r.target_new for r in requests]
-    else:
-        rows = [(p, r.target_new) for r in requests for p in r.rephrase_prompts]
-        prompts, targets = [p for p, _ in rows], [t for _, t in rows]
-    return encode_pairs(editor.tokenizer, prompts, targets, max_length=context_length(editor.tokenizer, editor.base_model),
-                        device=editor.device)
-
-
-
-def _regularizer_from(description: Optional[dict]):
-    """The regularizer a checkpoint was trained with, rebuilt from its description."""
-    from ...losses import SSSRegularizer
-
-    if description is None:
-        return None
-    if description.get("name") == "SSSRegularizer":
-        return SSSRegularizer(**{k: v for k, v in description.items() if k != "name"})
-    logger.warning("the checkpoint was trained with %s, which sss cannot rebuild; loading without it", description)
-    return None
 
 
 def _trained_names(model: nn.Module, last_blocks: Optional[int]) -> List[str]:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ...data import PairBatch, encode_pairs
 from ...data.tokenize import context_length
+from ...eval.metrics import argmax_agreement, token_accuracy
 from ...losses import locality_kl, target_nll
 from ...models import second_order_attention
 from .conditioning import edit_text, prefix_ids, prepend
@@ -173,16 +174,59 @@ def counterfactual_loss(model, base, batches: CounterfactualBatches, *, c_e: flo
     return loss, logs, logits
 
 
-def token_accuracy(logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
-    """Per example: the fraction of target tokens that are the argmax under teacher forcing."""
-    predicted = logits[:, :-1].argmax(-1)
-    mask = batch.target_mask[:, 1:]
-    hits = ((predicted == batch.labels[:, 1:]) & mask).sum(-1).float()
-    return hits / mask.sum(-1).clamp_min(1).float()
+# ----------------------------------------------------------------------------------------------
+# Validation: what the routed system gets right
 
 
-def answer_agreement(pre_logits: torch.Tensor, post_logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
-    """Per example: the fraction of answer positions where both models' argmax tokens agree."""
-    mask = batch.target_mask[:, 1:]
-    same = (pre_logits[:, :-1].argmax(-1) == post_logits[:, :-1].argmax(-1)) & mask
-    return same.sum(-1).float() / mask.sum(-1).clamp_min(1).float()
+def system_accuracy(editor, episode, logits, examples: ScopeExamples, batches: CounterfactualBatches,
+                    cf_logits: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    """Validation accuracy of ``editor``'s routed system, routing each bare input among the episode's edits.
+
+    ``reliability``/``generality``: teacher-forced token accuracy on the edit prompts/rephrasings
+    (the counterfactual model's when routed to the input's own edit, else the base model's);
+    ``locality``: argmax agreement with the base model on the locality answers (1 when not routed).
+    """
+    probs = torch.sigmoid(logits.float())
+    best, index = probs.max(-1)
+    bare_rows = [i for i, bare in enumerate(examples.bare) if bare]
+    routed_own = [(bool(best[i] > editor.config.threshold) and int(index[i]) == examples.owners[i])
+                  for i in bare_rows]
+    routed_any = [bool(best[i] > editor.config.threshold) for i in bare_rows]
+    requests = episode.requests
+    n_rephrases = sum(len(r.rephrase_prompts) for r in requests)
+    # Bare rows come in the order scope_examples built them: per request its prompt then its
+    # rephrasings, then the locality inputs.
+    edit_rows, rephrase_rows, cursor = [], [], 0
+    for r in requests:
+        edit_rows.append(cursor)
+        rephrase_rows.extend(range(cursor + 1, cursor + 1 + len(r.rephrase_prompts)))
+        cursor += 1 + len(r.rephrase_prompts)
+    loc_rows = list(range(cursor, cursor + len(episode.locality)))
+
+    cf_edit = token_accuracy(cf_logits["edits"], batches.edits)
+    # Unrouted in-scope inputs are answered by the base model; it scores the same target.
+    base_batch = _unconditioned_batch(editor, requests, "edits")
+    base_edit = token_accuracy(editor.base_model(**base_batch.model_inputs).logits, base_batch)
+    reliability = [float(cf_edit[j] if routed_own[row] else base_edit[j]) for j, row in enumerate(edit_rows)]
+    metrics = {"reliability": sum(reliability) / len(reliability)}
+    if n_rephrases:
+        cf_reph = token_accuracy(cf_logits["rephrases"], batches.rephrases)
+        base_batch = _unconditioned_batch(editor, requests, "rephrases")
+        base_reph = token_accuracy(editor.base_model(**base_batch.model_inputs).logits, base_batch)
+        generality = [float(cf_reph[j] if routed_own[row] else base_reph[j]) for j, row in enumerate(rephrase_rows)]
+        metrics["generality"] = sum(generality) / len(generality)
+    agreement = argmax_agreement(cf_logits["base_locality"], cf_logits["locality"],
+                                           batches.locality_plain)
+    locality = [float(agreement[j]) if routed_any[row] else 1.0 for j, row in enumerate(loc_rows)]
+    metrics["locality"] = sum(locality) / len(locality)
+    return metrics
+
+
+def _unconditioned_batch(editor, requests, which: str):
+    if which == "edits":
+        prompts, targets = [r.prompt for r in requests], [r.target_new for r in requests]
+    else:
+        rows = [(p, r.target_new) for r in requests for p in r.rephrase_prompts]
+        prompts, targets = [p for p, _ in rows], [t for _, t in rows]
+    return encode_pairs(editor.tokenizer, prompts, targets, max_length=context_length(editor.tokenizer, editor.base_model),
+                        device=editor.device)

@@ -16,11 +16,15 @@ import random
 import time
 from pathlib import Path
 
+from .options import (DATA_HELP, add_device_option, add_editor_options, add_model_option, add_output_options,
+                      add_sss_options, device_from_args, distributed_session, parse_options, parse_pairs,
+                      regularizer_from_args)
+
 logger = logging.getLogger("sss.train")
 
 
-def add_train_command(subparsers) -> None:
-    from .config import TrainConfig
+def add_command(subparsers) -> None:
+    from ..train import TrainConfig
 
     defaults = TrainConfig()
     parser = subparsers.add_parser(
@@ -33,14 +37,10 @@ def add_train_command(subparsers) -> None:
         epilog="examples:\n  sss train mend --model smollm2-135m --train ../shared/data/zsre/zsre_mend_train-1k.json "
                "--out runs/mend --max-steps 200\n  sss train mend ... --sss-c 0.9 --out runs/mend-sss\n"
                "  torchrun --nproc_per_node=2 -m sss train mend --model tiny-gpt2 --train data.json --out runs/ddp\n"
-               "then:\n  sss eval --editor mend --checkpoint runs/mend/best --data ... ")
+               "then:\n  sss eval --checkpoint runs/mend --data ... ")
     parser.add_argument("editor", help="registered editor with a fit() method: mend, serac")
-    parser.add_argument("--model", default="smollm2-135m",
-                        help="built-in name (smollm2-135m, tiny-gpt2, tiny-llama), hub id or folder "
-                             "(default: %(default)s)")
-    parser.add_argument("--train", required=True, metavar="PATH[:format]",
-                        help="training requests: a dataset file (formats: zsre, counterfact, counterfact-rome, "
-                             "knowedit; detected when omitted) or 'demo'")
+    add_model_option(parser)
+    parser.add_argument("--train", required=True, metavar="PATH[:format]", help="training requests: " + DATA_HELP)
     parser.add_argument("--val", default=None, metavar="PATH[:format]",
                         help="validation requests; omitted: a seeded --val-fraction of --train is held out")
     parser.add_argument("--val-fraction", type=float, default=0.1,
@@ -49,14 +49,7 @@ def add_train_command(subparsers) -> None:
     parser.add_argument("--val-limit", type=int, default=None, help="use at most N validation requests")
     parser.add_argument("--out", type=Path, required=True,
                         help="folder for best/, latest/ and train_log.jsonl (reused to resume)")
-    parser.add_argument("--sss-c", type=float, default=None, metavar="C",
-                        help="train with the SSS regularizer: (1-C)*L_ori + C*SSS (Eq. 10); omitted: without SSS")
-    parser.add_argument("--sss-target", choices=("last_hidden", "input_embeds"), default="last_hidden",
-                        help="embeddings the SSS gradient is taken against (default: %(default)s)")
-    parser.add_argument("--sss-tokens", choices=("prompt", "all"), default="prompt",
-                        help="tokens whose gradients SSS counts (default: %(default)s)")
-    parser.add_argument("--sss-reduction", choices=("mean", "sum"), default="mean",
-                        help="'mean' over tokens (the paper) or 'sum' (the released code) (default: %(default)s)")
+    add_sss_options(parser, sweep=False)
     loop = parser.add_argument_group("training loop (sss.train.TrainConfig)")
     loop.add_argument("--max-steps", type=int, default=defaults.max_steps,
                       help="optimizer steps (default: %(default)s)")
@@ -82,32 +75,22 @@ def add_train_command(subparsers) -> None:
     loop.add_argument("--seed", type=int, default=defaults.seed, help="seed (default: %(default)s)")
     loop.add_argument("--no-resume", dest="resume", action="store_false",
                       help="start afresh even when OUT/latest exists")
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one field of the editor's config, VALUE parsed as JSON when it can be "
-                             "(e.g. --option rank=256 --option layers=[-1]); repeatable")
-    parser.add_argument("--device", default="auto",
-                        help="'auto' (this rank's GPU if any, else CPU), 'cpu', 'cuda' or 'cuda:N' (default: auto)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    parser.set_defaults(func=run_train)
+    add_editor_options(parser, example="--option rank=256 --option layers=[-1]")
+    add_device_option(parser)
+    add_output_options(parser)
+    parser.set_defaults(func=run)
 
 
-def run_train(args) -> int:
-    from .. import distributed
-
-    distributed.init_from_env()
-    try:
-        return _run_train(args, distributed)
-    finally:
-        distributed.cleanup()
+def run(args) -> int:
+    with distributed_session() as distributed:
+        return _run(args, distributed)
 
 
-def _run_train(args, distributed) -> int:
-    from ..cli import _device, load_data, parse_options
+def _run(args, distributed) -> int:
+    from ..data import load_data
     from ..editors import editor_class
-    from ..losses import SSSRegularizer
     from ..models import load_model
-    from .config import TrainConfig
+    from ..train import TrainConfig
 
     cls = editor_class(args.editor)
     if not callable(getattr(cls, "fit", None)):
@@ -124,15 +107,12 @@ def _run_train(args, distributed) -> int:
             val_requests = val_requests[:args.val_limit]
     logger.info("%d training and %d validation requests", len(train_requests), len(val_requests))
 
-    model, tokenizer = load_model(args.model, device=_device(args.device, distributed))
-    regularizer = None
-    if args.sss_c is not None:
-        regularizer = SSSRegularizer(C=args.sss_c, target=args.sss_target, tokens=args.sss_tokens,
-                                     reduction=args.sss_reduction)
+    model, tokenizer = load_model(args.model, device=device_from_args(args.device, distributed))
     options = parse_options(args.option)
     if "model_name" in inspect.signature(cls.__init__).parameters:
         options["model_name"] = args.model
-    editor = cls(model, tokenizer, regularizer=regularizer, progress=args.progress, **options)
+    editor = cls(model, tokenizer, regularizer=regularizer_from_args(args, args.sss_c), progress=args.progress,
+                 **options)
     config = TrainConfig(edit_batch_size=args.edit_batch_size, episodes_per_step=args.episodes_per_step,
                          max_steps=args.max_steps, lr=parse_lrs(args.lr), grad_clip=args.grad_clip,
                          val_every=args.val_every, val_episodes=args.val_episodes,
@@ -158,13 +138,4 @@ def holdout(requests, fraction: float, seed: int):
 
 def parse_lrs(pairs) -> dict:
     """``["network=1e-5"]`` -> ``{"network": 1e-5}``."""
-    lrs = {}
-    for pair in pairs:
-        group, sep, value = pair.partition("=")
-        try:
-            lrs[group.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not group.strip():
-            raise ValueError(f"--lr takes GROUP=LR with a number, got {pair!r}")
-    return lrs
+    return parse_pairs(pairs, "--lr", float, shape="GROUP=LR with a number")

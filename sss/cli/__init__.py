@@ -1,0 +1,55 @@
+"""The ``sss`` command line: every command, and the only part of sss that knows argparse.
+
+Adding a command is one module and one line: write ``sss/cli/NAME.py`` with
+``add_command(subparsers)`` (it adds its parser and sets ``func``, a callable taking the parsed
+``args`` and returning an exit code), and add ``"NAME": "sss.cli.NAME"`` to :data:`COMMANDS`.
+A command's module is imported only when the parser is built. Shared options (model, data,
+device, ``--sss-*``, ``--option``) and the distributed set-up are in :mod:`sss.cli.options`.
+
+Nothing else in sss imports this package; it imports whatever it needs.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Dict, Optional, Sequence
+
+from .options import configure_logging, parse_options
+
+# command name -> module with add_command(subparsers)
+COMMANDS: Dict[str, str] = {
+    "eval": "sss.cli.eval",
+    "demo": "sss.cli.demo",
+    "train": "sss.cli.train",
+    "study": "sss.cli.study",
+}
+
+__all__ = ["COMMANDS", "build_parser", "main", "parse_options"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sss", description="Knowledge editing (FT-L, MEND, SERAC) with the SSS regularizer. Start with "
+                                "'sss demo'; each sub-command has its own --help.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module in COMMANDS.values():
+        importlib.import_module(module).add_command(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(getattr(args, "verbose", False))
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as error:  # bad input: one clear line instead of a traceback (-v keeps it)
+        if getattr(args, "verbose", False):
+            raise
+        parser.exit(2, f"sss {args.command}: error: {error}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""``sss eval``: edit with one editor, measure every probe before and after, write the reports.
+
+The editor is built from ``--editor`` (a registered name) as ``cls(model, tokenizer,
+regularizer=..., progress=..., **options)``, or, with ``--checkpoint DIR``, loaded by
+:meth:`sss.editors.Editor.from_checkpoint` (the checkpoint names its editor, so ``--editor``
+may be left out). Under ``torchrun --nproc_per_node=N -m sss eval ...`` every rank evaluates
+its share of the requests (``single`` and ``batch`` modes) and rank 0 writes the merged report
+and prints.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from .options import (add_data_options, add_device_option, add_editor_options, add_model_option, add_output_options,
+                      add_sss_options, device_from_args, distributed_session, parse_options, regularizer_from_args)
+
+logger = logging.getLogger("sss.cli")
+
+DEFAULT_EDITOR = "ft-l"
+
+
+def add_measurement_options(parser: argparse.ArgumentParser, out: str) -> None:
+    """What ``eval`` and ``demo`` share besides model and data: where to write, how to measure."""
+    parser.add_argument("--out", type=Path, default=Path(out),
+                        help="folder for the JSON reports, table and figures (default: %(default)s)")
+    parser.add_argument("--eval-batch-size", type=int, default=32,
+                        help="most probe rows per forward pass when measuring (default: %(default)s)")
+    parser.add_argument("--no-generate", dest="generate", action="store_false",
+                        help="skip exact_match (greedy generation), the slowest metric")
+
+
+def add_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="edit with one editor and measure reliability, generality, locality, portability",
+        description="Edit a model request by request (or in batches, or sequentially), measure every probe "
+                    "before and after, and write a JSON report per run, a Markdown table laid out like the "
+                    "paper's Table 1 and figures. Without --sss-c the editor runs without SSS.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  sss eval --editor ft-l --model smollm2-135m "
+               "--data ../shared/data/counterfact/counterfact-val.json:counterfact --limit 20 --sss-c 0.9 --baseline "
+               "--out runs/cf20\n  sss eval --checkpoint runs/mend --data demo   # the editor the checkpoint "
+               "records\n\nunder torchrun (single/batch modes):\n  torchrun --nproc_per_node=2 -m sss eval "
+               "--model tiny-gpt2 --data demo --limit 6 --out runs/tiny")
+    parser.add_argument("--editor", default=None,
+                        help=f"registered editor name: ft-l, mend, serac, ... (default: the one --checkpoint "
+                             f"records, else {DEFAULT_EDITOR})")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="trained editor checkpoint folder, or a training run's folder (its best/), for "
+                             "editors that need one (mend, serac)")
+    add_editor_options(parser)
+    add_data_options(parser)
+    parser.add_argument("--mode", choices=("single", "batch", "sequential"), default="single",
+                        help="single: edit, measure, restore per request (the paper's default); batch: "
+                             "--batch-size requests per edit; sequential: edits accumulate, all measured after the "
+                             "last (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="requests per edit (batch mode: required; sequential: default 1)")
+    parser.add_argument("--measure-each", action="store_true",
+                        help="sequential: also measure each request right after its own edit")
+    parser.add_argument("--checkpoints", type=int, nargs="+", default=(), metavar="N",
+                        help="sequential: also summarise the first N edits after the N-th edit (e.g. 1 10 100), "
+                             "drawn as sequential.png")
+    parser.add_argument("--baseline", action="store_true", help="with --sss-c: also run the editor without SSS")
+    add_model_option(parser)
+    add_measurement_options(parser, out="sss-results/eval")
+    add_device_option(parser)
+    add_output_options(parser)
+    add_sss_options(parser, sweep=True)
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    with distributed_session() as distributed:
+        return _run(args, distributed)
+
+
+def _run(args, distributed) -> int:
+    from ..data import load_data
+    from ..eval import evaluate, report
+    from ..models import load_model
+
+    main = distributed.is_main()
+    args.progress = args.progress and main  # one set of progress bars, not one per rank
+    out = Path(args.out)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    # Cheap checks first, so a typo fails before the model loads.
+    options = parse_options(args.option)
+    cls = editor_class_for(args)
+    requests = load_data(args.data, limit=args.limit, seed=args.seed, split=args.split)
+    model, tokenizer = load_model(args.model, device=device_from_args(args.device, distributed))
+    cache: dict = {}
+    runs = {}
+    for C in run_plan(args):
+        editor = build_editor(cls, args, model, tokenizer, regularizer_from_args(args, C), options)
+        results = evaluate(editor, requests, args.mode, batch_size=args.batch_size,
+                           eval_batch_size=args.eval_batch_size, generate=args.generate,
+                           measure_each=args.measure_each, checkpoints=list(args.checkpoints), seed=args.seed,
+                           progress=args.progress, unedited_cache=cache)
+        runs[C] = results
+        if main:
+            path = report.write_json(results, out / f"results_{slug(results)}.json", model=args.model, data=args.data)
+            logger.info("%s: wrote %s", results.label, path)
+    if not main:
+        return 0
+    columns = {r.label: r for r in runs.values()}
+    table = report.markdown_table(columns, include_unedited=True)
+    details = report.category_rows(columns)
+    if details:
+        table += "\nBy probe category:\n\n" + report.markdown_table(columns, include_unedited=True, rows=details)
+    title = f"{args.model} · {args.data} · {len(requests)} requests · mode {args.mode}\n\n"
+    (out / "table.md").write_text(title + table)
+    figures = [report.plot_comparison(columns, out / "comparison.png")]
+    if args.mode == "sequential" and args.checkpoints:
+        figures.append(report.plot_sequential(columns, out / "sequential.png"))
+    swept = {C: r for C, r in runs.items() if C is not None}
+    if len(swept) > 1:
+        figures.append(report.plot_c_sweep(swept, out / "c_sweep.png"))
+    print(title + table)
+    print(f"wrote {out}/table.md, {len(runs)} JSON report(s) and {', '.join(f.name for f in figures)} "
+          f"in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def run_plan(args) -> List[Optional[float]]:
+    """The SSS coefficients to run, None meaning without SSS."""
+    if not args.sss_c:
+        return [None]
+    return ([None] if args.baseline else []) + list(dict.fromkeys(args.sss_c))
+
+
+def slug(results) -> str:
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", results.label.lower().replace("w/ ", "")).strip("_")
+
+
+def editor_class_for(args):
+    """The editor class ``--editor`` names, else the one ``--checkpoint`` records, else FT-L."""
+    from ..editors import editor_class
+    from ..train import checkpoint_editor
+
+    if args.editor is None:
+        args.editor = checkpoint_editor(args.checkpoint) if args.checkpoint is not None else DEFAULT_EDITOR
+    cls = editor_class(args.editor)
+    if args.checkpoint is None and cls.requires_checkpoint:
+        raise ValueError(f"--editor {cls.name} needs --checkpoint DIR: a trained {cls.display_name} "
+                         f"(train one with 'sss train {cls.name}')")
+    return cls
+
+
+def build_editor(cls, args, model, tokenizer, regularizer, options: dict):
+    """The editor to evaluate: ``cls`` built fresh, or loaded from ``--checkpoint``.
+
+    A trainable editor (one with ``fit``) applies SSS while it is trained, not while it edits:
+    whether its run counts as "w/ SSS" comes from the checkpoint, and a ``--sss-c`` that
+    disagrees is reported and ignored; untrained, it is built without a regularizer.
+    """
+    trainable = callable(getattr(cls, "fit", None))
+    if args.checkpoint is not None:
+        editor = cls.from_checkpoint(args.checkpoint, model, tokenizer, progress=args.progress, **options)
+        trained = editor.regularizer.describe() if editor.regularizer is not None else None
+        wanted = regularizer.describe() if regularizer is not None else None
+        if trained != wanted:
+            logger.warning("%s applies SSS during training only: the checkpoint was trained with %s; ignoring the "
+                           "command line's %s", cls.display_name, trained or "no regularizer",
+                           wanted or "no regularizer")
+        return editor
+    if trainable:
+        logger.warning("--editor %s without --checkpoint: evaluating an UNTRAINED %s (train one with 'sss train %s')",
+                       cls.name, cls.display_name, cls.name)
+        regularizer = None
+    return cls(model, tokenizer, regularizer=regularizer, progress=args.progress, **options)

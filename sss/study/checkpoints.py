@@ -1,0 +1,54 @@
+"""MEND and SERAC checkpoints, trained once per training configuration and shared by every cell.
+
+The key is the hash of the cell's ``training`` configuration (editor, model, its options, the
+regularizer, the training seed, the training data and sizes, the loop's settings), so every
+experiment that asks for the same training reuses one folder::
+
+    <out>/checkpoints/<editor>-<regularizer>-s<seed>-<hash>/
+        train/      sss.train's out_dir (best/, latest/, train_log.jsonl): an interrupted
+                    training resumes from latest/
+        editor/     the trained editor (save()), what cells load
+        done        written last: the checkpoint is complete
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from ..editors import editor_class
+from ..train import TrainConfig
+from .requests import training_requests
+from .spec import config_hash, regularizer_label, slug
+from .store import is_done, mark_done, write_atomic
+
+logger = logging.getLogger(__name__)
+
+
+def checkpoint_folder(out: Path, training: dict) -> Path:
+    name = slug(f"{training['editor']}-{regularizer_label(training['regularizer'])}-s{training['seed']}")
+    return Path(out) / "checkpoints" / f"{name}-{config_hash(training)}"
+
+
+def trained_editor(study, cell, model, tokenizer, regularizer, out: Path, *, progress: bool = True):
+    """The cell's MEND/SERAC, loaded from the cache (trained into it first when missing)."""
+    training = cell.config["training"]
+    folder = checkpoint_folder(out, training)
+    train, val = training_requests(study, cell)  # checks disjointness even when the checkpoint exists
+    cls = editor_class(training["editor"])
+    if not is_done(folder):
+        logger.info("training %s into %s (%d train / %d val requests, %d steps)", cell.editor, folder,
+                    len(train), len(val), training["loop"]["train_steps"])
+        write_atomic(folder / "training.json", json.dumps(training, indent=2))
+        editor = cls(model, tokenizer, regularizer=regularizer, progress=progress, **training["options"])
+        loop = training["loop"]
+        config = TrainConfig(max_steps=loop["train_steps"], episodes_per_step=loop["episodes_per_step"],
+                             edit_batch_size=loop["edit_batch_size"], val_every=loop["val_every"],
+                             val_episodes=loop["val_episodes"], lr=dict(loop["train_lr"]), seed=training["seed"],
+                             patience=None, out_dir=str(folder / "train"), resume=True, progress=progress)
+        result = editor.fit(train, val, config)
+        editor.save(folder / "editor")
+        mark_done(folder, {"steps": result.steps, "best_step": result.best_step, "best": result.best_metrics})
+        del editor
+    # Always load from disk, so a cell gives the same records whether it trained or reused.
+    return cls.from_checkpoint(folder / "editor", model, tokenizer, progress=progress)

@@ -1,0 +1,203 @@
+"""Running a study's cells, skipping finished ones and resuming interrupted ones.
+
+Output layout (``out``)::
+
+    <out>/<study>/<label>-<hash>/   one cell: records.jsonl (appended as requests finish),
+                                    report.json (sss.eval.report.write_json format), cell.json, done
+    <out>/checkpoints/...           trained MEND/SERAC, shared by every study (checkpoints.py)
+    <out>/unedited/...              unedited observations, one file per (model, requests, settings)
+
+``single`` cells run one request at a time through :func:`sss.eval.evaluate`, seeded by the
+request's position in the cell (as one ``evaluate`` call over all of them would), so a cell
+resumed after k requests ends with exactly the records of an uninterrupted run. ``sequential``
+cells depend on every earlier edit: an interrupted one restarts from its first edit. There is
+one sequential cell per n of the scale's ``sizes`` (so every n has per-request records for its
+confidence intervals; the cell's ``checkpoints=`` curve adds the smaller n as summaries).
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from ..editors import FTL, editor_class
+from ..eval import EvalResults, evaluate, observe
+from ..eval.report import write_json
+from ..losses import SSSRegularizer
+from ..models import load_model
+from .checkpoints import trained_editor
+from .requests import eval_requests
+from .spec import EDITED_BLOCK, TRAINABLE, Cell, Study, config_hash, slug
+from .store import RecordLog, UneditedCache, is_done, mark_done, write_atomic
+
+logger = logging.getLogger(__name__)
+REPORT = "report.json"
+
+
+@dataclass
+class CellStatus:
+    cell: Cell = field(repr=False)
+    folder: Path
+    done: bool
+    records: int  # requests already in records.jsonl
+
+
+def cell_folder(out: Path, cell: Cell) -> Path:
+    return Path(out) / cell.study.name / cell.folder_name
+
+
+def select_cells(study: Study, only: Optional[str]) -> List[Cell]:
+    """Cells whose label matches ``only`` (a glob when it has * ? [, else a substring)."""
+    if not only:
+        return list(study.cells)
+    glob = any(c in only for c in "*?[")
+    chosen = [c for c in study.cells if (fnmatch.fnmatch(c.label, only) if glob else only in c.label)]
+    if not chosen:
+        raise ValueError(f"no cell of study {study.name!r} matches {only!r}; its cells are "
+                         f"{', '.join(c.label for c in study.cells)}")
+    return chosen
+
+
+def study_status(study: Study, out, only: Optional[str] = None) -> List[CellStatus]:
+    statuses = []
+    for cell in select_cells(study, only):
+        folder = cell_folder(out, cell)
+        statuses.append(CellStatus(cell, folder, is_done(folder), len(RecordLog(folder).read())
+                                   if (folder / "records.jsonl").exists() else 0))
+    return statuses
+
+
+def run_study(study: Study, out, *, only: Optional[str] = None, progress: bool = True) -> List[CellStatus]:
+    """Run every unfinished cell of ``study`` (those matching ``only``) into ``out``; return the statuses."""
+    out = Path(out)
+    cells = select_cells(study, only)
+    todo = [c for c in cells if not is_done(cell_folder(out, c))]
+    logger.info("study %s (%s scale): %d cells, %d done, %d to run, writing %s", study.name, study.scale,
+                len(cells), len(cells) - len(todo), len(todo), out / study.name)
+    models: Dict[tuple, tuple] = {}
+    started = time.perf_counter()
+    bar = tqdm(todo, desc=f"{study.name} cells", disable=not progress, unit="cell")
+    for k, cell in enumerate(bar):
+        bar.set_postfix_str(cell.label)
+        key = (cell.config["model"], study.settings["device"])
+        if key not in models:
+            models.clear()  # one model in memory at a time
+            models[key] = load_model(key[0], device=torch.device(key[1]))
+        run_cell(study, cell, out, *models[key], progress=progress)
+        elapsed = time.perf_counter() - started
+        logger.info("cell %d/%d %s done; %.0f s so far, about %.0f s left", k + 1, len(todo), cell.label, elapsed,
+                    elapsed / (k + 1) * (len(todo) - k - 1))
+    return study_status(study, out, only)
+
+
+def build_regularizer(settings: Optional[dict], model, tokenizer, options: dict):
+    if settings is None:
+        return None
+    target = settings["target"]
+    if target == EDITED_BLOCK:
+        target = FTL(model, tokenizer, progress=False, **options.get("ft-l", {})).config.layers[0]
+    return SSSRegularizer(C=settings["C"], target=target, tokens=settings["tokens"], reduction=settings["reduction"])
+
+
+def build_editor(study: Study, cell: Cell, model, tokenizer, out: Path, progress: bool):
+    regularizer = build_regularizer(cell.regularizer, model, tokenizer, study.settings["editors"])
+    if cell.editor in TRAINABLE:
+        return trained_editor(study, cell, model, tokenizer, regularizer, out, progress=progress)
+    return editor_class(cell.editor)(model, tokenizer, regularizer=regularizer, progress=False,
+                                     **cell.config["editor_options"])
+
+
+def unedited_observations(study: Study, cell: Cell, requests, model, tokenizer, out: Path) -> dict:
+    """``evaluate``'s ``unedited_cache`` for this cell, filled from (and saved to) the disk cache.
+
+    The unedited observations are those of the base model, before any edit (for SERAC too, whose
+    wrapper with an empty memory answers as the base model does)."""
+    keys = [config_hash(r.to_dict()) for r in requests]
+    settings = {"model": cell.config["model"], "requests": keys, "generate": cell.config["generate"],
+                "eval_batch_size": cell.config["eval_batch_size"]}
+    name = slug(f"{cell.config['model']}-{cell.config['data']['name']}") + f"-{config_hash(settings)}.json"
+    disk = UneditedCache(out / "unedited" / name)
+    stored = disk.load()
+    missing = [i for i, key in enumerate(keys) if key not in stored]
+    for i in missing:
+        stored[keys[i]] = observe(model, tokenizer, requests[i], generate=cell.config["generate"],
+                                  batch_size=cell.config["eval_batch_size"])
+    if missing:
+        disk.save(stored)
+        stored = disk.load()  # use the stored form, exactly what a later run reads
+    return {key: stored[key] for key in keys}
+
+
+def sss_scores(cell: Cell, model, tokenizer, request) -> Dict[str, float]:
+    return {str(target): SSSRegularizer(target=int(target) if str(target).isdigit() else target)
+            .score(model, tokenizer, request.prompt, request.target_new) for target in cell.config["score_sss"]}
+
+
+def run_cell(study: Study, cell: Cell, out, model, tokenizer, *, progress: bool = True) -> Path:
+    """Run (or finish) one cell and return its folder; a finished cell is left as it is."""
+    out = Path(out)
+    folder = cell_folder(out, cell)
+    if is_done(folder):
+        return folder
+    write_atomic(folder / "cell.json", json.dumps({"label": cell.label, "study": study.name, "scale": study.scale,
+                                                   "config": cell.config}, indent=2))
+    requests = eval_requests(study, cell)
+    editor = build_editor(study, cell, model, tokenizer, out, progress)
+    observed = unedited_observations(study, cell, requests, model, tokenizer, out)
+    cache = {(id(editor.model), r): observed[key] for r, key in zip(requests, observed)}
+    log = RecordLog(folder)
+    c = cell.config
+    options = dict(generate=c["generate"], eval_batch_size=c["eval_batch_size"], progress=False, unedited_cache=cache)
+    curve: list = []
+    if c["mode"] == "sequential":
+        log.reset()  # an interrupted sequence restarts from its first edit
+        scores = [sss_scores(cell, model, tokenizer, r) for r in requests]
+        results = evaluate(editor, requests, "sequential", checkpoints=c["checkpoints"], seed=c["seed"], **options)
+        for record, score in zip(results.records, scores):
+            log.append(_with_scores(record, score))
+        curve, settings = results.curve, results.settings
+    else:
+        finished = {record["index"] for record in log.read()}
+        bar = tqdm(range(len(requests)), desc=cell.label, disable=not progress, leave=False, unit="req",
+                   initial=len(finished))
+        for i in (i for i in range(len(requests)) if i not in finished):
+            score = sss_scores(cell, model, tokenizer, requests[i])
+            # Seeded by the request's position, as evaluate() over the whole list would seed it.
+            results = evaluate(editor, [requests[i]], "single", seed=c["seed"] + i, **options)
+            record = dict(results.records[0], index=i, edit=i)
+            log.append(_with_scores(record, score))
+            bar.update(1)
+        bar.close()
+        settings = _single_settings(c, len(requests))
+    records = log.read()
+    if len(records) != len(requests):
+        raise RuntimeError(f"cell {cell.label} has {len(records)} records for {len(requests)} requests")
+    results = EvalResults(mode=c["mode"], records=records, editor=editor.describe(), settings=settings, curve=curve)
+    write_json(results, folder / REPORT, model=c["model"], data=c["data"]["eval"],
+               extra={"cell": cell.label, "study": study.name, "config": c})
+    mark_done(folder, {"label": cell.label, "requests": len(records)})
+    return folder
+
+
+def _with_scores(record: dict, scores: Dict[str, float]) -> dict:
+    return dict(record, sss_score=scores) if scores else record
+
+
+def _single_settings(config: dict, n_requests: int) -> dict:
+    """What one evaluate() call over all the cell's requests would report as its settings."""
+    return {"mode": "single", "batch_size": 1, "eval_batch_size": config["eval_batch_size"],
+            "generate": config["generate"], "measure_each": False, "checkpoints": [], "seed": config["seed"],
+            "n_requests": n_requests, "world_size": 1, "model": config["model"]}
+
+
+def load_cell_results(folder: Path) -> EvalResults:
+    from ..eval.report import load_json
+
+    return load_json(Path(folder) / REPORT)

@@ -1,0 +1,294 @@
+"""A study file (TOML) -> a :class:`Study`: the grid of cells it declares at one scale.
+
+A file names a grid (see docs/study.md for every key)::
+
+    name = "table1"
+    summary = "table"                      # how sss.study.summary reads the cells
+    mode = "single"                        # or "sequential": one cell per n in the scale's `sizes`
+    editors = ["ft-l", "mend", "serac"]
+    datasets = ["zsre", "counterfact"]     # names in DATASETS, or [data.NAME] tables of the file
+    regularizers = ["none", {C = 0.9}]     # list-valued fields expand: {C = [0, 0.5], target = [...]}
+    score_sss = ["last_hidden"]            # optional: pre-edit SSS scores stored in every record
+
+    [scales.cpu]                           # overrides of SCALES["cpu"]
+    eval_requests = 100
+    [scales.cpu.editors.serac]             # editor options at this scale
+    cf_layers = 4
+
+A cell is one (editor, dataset, regularizer, seed) run; its ``config`` is everything that decides
+its records, and the folder it writes is ``<label>-<hash of config>``.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+SUMMARIES = ("table", "sequential", "categories", "c_sweep", "sss_metric")
+TRAINABLE = ("mend", "serac")
+SCALE_NAMES = ("smoke", "cpu", "gpu")
+DATA_ENV = "SSS_STUDY_DATA"
+# The block FT-L edits, resolved against the model when the cell runs (the issue's third reading).
+EDITED_BLOCK = "edited_block"
+
+# The paper trains MEND and SERAC on ZsRE and reports CounterFact as out of domain (Table 1), and
+# reuses those checkpoints for Tables 3 and 5: one training set serves every experiment. ZsRE has
+# one file here, so its slices are disjoint by position (and checked by prompt).
+DATASETS: Dict[str, dict] = {
+    "zsre": {"eval": "zsre/zsre_mend_train-1k.json", "eval_slice": [800, None]},
+    "counterfact": {"eval": "counterfact/counterfact-val.json"},
+    "counterfact-rome": {"eval": "rome/counterfact-rome-sample100.json"},
+    "knowedit-wiki": {"eval": "knowedit/wiki_counterfact-train-sample200.json"},
+    "knowedit-zsre": {"eval": "knowedit/ZsRE-test-sample200.json"},
+    "demo": {"eval": "demo"},
+}
+TRAINING_DATA = {"train": "zsre/zsre_mend_train-1k.json", "train_slice": [0, 700], "val_slice": [700, 800]}
+
+# Per-scale defaults; a file's [scales.NAME] overrides any of them.
+SCALES: Dict[str, dict] = {
+    "smoke": {"model": "tiny-gpt2", "device": "cpu", "eval_requests": 3, "seeds": [0], "sizes": [1, 2, 4],
+              "generate": False, "eval_batch_size": 32, "train_requests": 16, "val_requests": 4,
+              "train_steps": 2, "episodes_per_step": 1, "edit_batch_size": 1, "val_every": 2, "val_episodes": 2,
+              "train_lr": {}, "editors": {"ft-l": {"steps": 3}, "mend": {"rank": 8, "stats_requests": 4},
+                                          "serac": {"train_encoder": False}}},
+    "cpu": {"model": "smollm2-135m", "device": "cpu", "eval_requests": 100, "seeds": [0, 1, 2], "sizes": [1, 10, 100],
+            "generate": False, "eval_batch_size": 32, "train_requests": 700, "val_requests": 50,
+            "train_steps": 40, "episodes_per_step": 5, "edit_batch_size": 1, "val_every": 20, "val_episodes": 20,
+            "train_lr": {}, "editors": {"mend": {"init_edit_lr": 1e-5}, "serac": {}}},
+    "gpu": {"model": "gpt2-xl", "device": "cuda", "eval_requests": None, "seeds": [0, 1, 2],
+            "sizes": [1, 10, 100, 1000], "generate": True, "eval_batch_size": 64, "train_requests": 700,
+            "val_requests": 100, "train_steps": 1000, "episodes_per_step": 10, "edit_batch_size": 1,
+            "val_every": 100, "val_episodes": 50, "train_lr": {}, "editors": {}},
+}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where a dataset's evaluation requests (and, for trainable editors, training ones) come from."""
+
+    name: str
+    eval: str
+    eval_slice: tuple = (0, None)
+    format: Optional[str] = None
+    train: str = TRAINING_DATA["train"]
+    train_slice: tuple = tuple(TRAINING_DATA["train_slice"])
+    val_slice: tuple = tuple(TRAINING_DATA["val_slice"])
+
+    def resolve(self, path: str, root: Path) -> str:
+        return path if path == "demo" or os.path.isabs(path) else str(root / path)
+
+
+@dataclass
+class Cell:
+    """One run of the grid. ``config`` decides its records; ``label`` is for people."""
+
+    label: str
+    config: dict
+    study: "Study" = field(repr=False, compare=False)
+
+    @property
+    def key(self) -> str:
+        return config_hash(self.config)
+
+    @property
+    def folder_name(self) -> str:
+        return f"{self.label}-{self.key}"
+
+    @property
+    def editor(self) -> str:
+        return self.config["editor"]
+
+    @property
+    def regularizer(self) -> Optional[dict]:
+        return self.config["regularizer"]
+
+
+@dataclass
+class Study:
+    name: str
+    path: Optional[Path]
+    scale: str
+    summary: str
+    mode: str
+    settings: dict  # the merged scale settings
+    data_root: Path
+    datasets: Dict[str, DataSpec]
+    cells: List[Cell] = field(default_factory=list)
+    title: str = ""
+
+
+def config_hash(config: dict, length: int = 10) -> str:
+    """A short, stable hash of a JSON-ready configuration (key order does not matter)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=]+", "-", str(text)).strip("-").lower()
+
+
+def default_data_root(path: Optional[Path]) -> Path:
+    """``$SSS_STUDY_DATA``, else ``../shared/data`` beside the repository holding the study file."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    base = path.resolve().parent if path is not None else Path.cwd()
+    repository = base.parent if base.name == "studies" else base
+    return repository.parent / "shared" / "data"
+
+
+def load_study(source: Union[str, os.PathLike, dict], scale: str = "smoke", *, data_root=None,
+               model: Optional[str] = None, device: Optional[str] = None) -> Study:
+    """Read a study file (or an already parsed dict) and expand its grid at ``scale``.
+
+    ``model``/``device`` override the scale's (e.g. any hub id or folder at ``gpu``);
+    ``data_root`` is where relative data paths start (default :func:`default_data_root`).
+    """
+    path = None
+    if isinstance(source, dict):
+        raw = copy.deepcopy(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"no such study file: {path}")
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"{path} is not valid TOML: {error}") from error
+    where = str(path) if path else "the study"
+    if scale not in SCALE_NAMES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALE_NAMES)}")
+    known = {"name", "title", "summary", "mode", "editors", "datasets", "regularizers", "score_sss", "data", "scales"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+    for key in ("name", "editors", "datasets"):
+        if key not in raw:
+            raise ValueError(f"{where} lacks {key!r}")
+    summary, mode = raw.get("summary", "table"), raw.get("mode", "single")
+    if summary not in SUMMARIES:
+        raise ValueError(f"{where}: unknown summary {summary!r}; choose one of {', '.join(SUMMARIES)}")
+    if mode not in ("single", "sequential"):
+        raise ValueError(f"{where}: mode must be 'single' or 'sequential', got {mode!r}")
+    settings = merge_scale(SCALES[scale], raw.get("scales", {}).get(scale, {}), where)
+    if model:
+        settings["model"] = model
+    if device:
+        settings["device"] = device
+    root = Path(data_root) if data_root is not None else default_data_root(path)
+    datasets = {name: data_spec(name, raw.get("data", {}).get(name), where) for name in raw["datasets"]}
+    study = Study(name=slug(raw["name"]), path=path, scale=scale, summary=summary, mode=mode, settings=settings,
+                  data_root=root, datasets=datasets, title=raw.get("title", raw["name"]))
+    regularizers = expand_regularizers(raw.get("regularizers", ["none"]), where)
+    scores = [str(t) for t in raw.get("score_sss", [])]
+    lengths = sorted(settings["sizes"]) if mode == "sequential" else [None]
+    for editor, dataset, regularizer in itertools.product(raw["editors"], raw["datasets"], regularizers):
+        seeds = settings["seeds"] if editor in TRAINABLE else settings["seeds"][:1]
+        for seed, length in itertools.product(seeds, lengths):
+            study.cells.append(make_cell(study, editor, datasets[dataset], regularizer, seed, scores, length))
+    return study
+
+
+def merge_scale(defaults: dict, overrides: dict, where: str) -> dict:
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ValueError(f"{where}: unknown scale setting(s) {unknown}; known are {sorted(defaults)}")
+    merged = copy.deepcopy(defaults)
+    for key, value in overrides.items():
+        if key == "editors":
+            for editor, options in value.items():
+                merged["editors"].setdefault(editor, {}).update(options)
+        else:
+            merged[key] = value
+    return merged
+
+
+def data_spec(name: str, table: Optional[dict], where: str) -> DataSpec:
+    if table is None and name not in DATASETS:
+        raise ValueError(f"{where}: unknown dataset {name!r}; define [data.{name}] or use one of "
+                         f"{', '.join(DATASETS)}")
+    fields = dict(DATASETS.get(name, {}))
+    fields.update(table or {})
+    allowed = {"eval", "eval_slice", "format", "train", "train_slice", "val_slice"}
+    unknown = sorted(set(fields) - allowed)
+    if unknown or "eval" not in fields:
+        raise ValueError(f"{where}: [data.{name}] needs 'eval' and takes only {sorted(allowed)}; got {sorted(fields)}")
+    for key in ("eval_slice", "train_slice", "val_slice"):
+        if key in fields:
+            fields[key] = tuple(fields[key])
+            if len(fields[key]) != 2:
+                raise ValueError(f"{where}: [data.{name}].{key} must be [start, stop], got {list(fields[key])}")
+    return DataSpec(name=name, **fields)
+
+
+def expand_regularizers(entries: Sequence, where: str) -> List[Optional[dict]]:
+    """``"none"`` -> None; a table -> SSS settings, one per combination of its list-valued fields."""
+    allowed = {"C", "target", "tokens", "reduction"}
+    result: List[Optional[dict]] = []
+    for entry in entries:
+        if entry == "none":
+            result.append(None)
+            continue
+        if not isinstance(entry, dict) or set(entry) - allowed:
+            raise ValueError(f"{where}: a regularizer is 'none' or a table with keys {sorted(allowed)}, got {entry!r}")
+        keys = sorted(entry)
+        values = [entry[k] if isinstance(entry[k], list) else [entry[k]] for k in keys]
+        for combination in itertools.product(*values):
+            settings = {"C": 0.9, "target": "last_hidden", "tokens": "prompt", "reduction": "mean"}
+            settings.update(dict(zip(keys, combination)))
+            settings["C"] = float(settings["C"])
+            result.append(settings)
+    return result
+
+
+def make_cell(study: Study, editor: str, data: DataSpec, regularizer: Optional[dict], seed: int,
+              scores: List[str], length: Optional[int] = None) -> Cell:
+    """One cell; a sequential cell edits the first ``length`` requests (one cell per n of ``sizes``,
+    so that every n has per-request records; the curve over the smaller n comes along)."""
+    s = study.settings
+    config = {
+        "editor": editor,
+        "editor_options": dict(s["editors"].get(editor, {})),
+        "model": s["model"],
+        "data": {"name": data.name, "eval": data.eval, "eval_slice": list(data.eval_slice), "format": data.format,
+                 "requests": s["eval_requests"]},
+        "regularizer": regularizer,
+        "seed": seed,
+        "mode": study.mode,
+        "length": length,
+        "checkpoints": [n for n in sorted(s["sizes"]) if length is not None and n < length],
+        "generate": s["generate"],
+        "eval_batch_size": s["eval_batch_size"],
+        "score_sss": scores,
+    }
+    if editor in TRAINABLE:
+        config["training"] = training_config(study, editor, data, regularizer, seed)
+    parts = [editor, data.name, regularizer_label(regularizer), f"s{seed}"]
+    if length is not None:
+        parts.append(f"n{length}")
+    return Cell(label=slug("-".join(parts)), config=config, study=study)
+
+
+def training_config(study: Study, editor: str, data: DataSpec, regularizer: Optional[dict], seed: int) -> dict:
+    """Everything that decides a trained MEND/SERAC checkpoint (its cache key)."""
+    s = study.settings
+    return {"editor": editor, "model": s["model"], "options": dict(s["editors"].get(editor, {})),
+            "regularizer": regularizer, "seed": seed, "train": data.train, "train_slice": list(data.train_slice),
+            "val_slice": list(data.val_slice), "train_requests": s["train_requests"], "val_requests": s["val_requests"],
+            "loop": {k: s[k] for k in ("train_steps", "episodes_per_step", "edit_batch_size", "val_every",
+                                       "val_episodes", "train_lr")}}
+
+
+def regularizer_label(regularizer: Optional[dict]) -> str:
+    if regularizer is None:
+        return "base"
+    target = {"last_hidden": "lh", "input_embeds": "ie", EDITED_BLOCK: "eb"}.get(regularizer["target"],
+                                                                                f"b{regularizer['target']}")
+    extra = "".join(f"-{v}" for k, v in (("tokens", "prompt"), ("reduction", "mean")) if regularizer[k] != v)
+    return f"sss{regularizer['C']:g}-{target}{extra}"

@@ -1,0 +1,123 @@
+"""An edit is a transaction: it returns a handle, or leaves the model bit for bit as it was."""
+import random
+
+import pytest
+import torch
+
+from sss import FTL, EditRequest, SSSRegularizer
+from sss.editors import ft
+
+STEPS = 6
+FAST = dict(lr=5e-2, steps=STEPS, norm_constraint=1.0, early_stop_loss=-1.0, progress=False)
+REQUEST = EditRequest("The capital of France is", "Rome")
+
+
+def full_state(model):
+    """Every parameter and buffer, plus the flags an edit may touch."""
+    tensors = {name: t.detach().clone() for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    modes = {name: m.training for name, m in model.named_modules()}
+    return tensors, flags, grads, modes
+
+
+def assert_unchanged(model, before):
+    tensors, flags, grads, modes = before
+    now = dict([*model.named_parameters(), *model.named_buffers()])
+    assert now.keys() == tensors.keys()
+    for name, tensor in tensors.items():
+        assert torch.equal(now[name], tensor), name
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+    assert all(p.grad is grads[name] for name, p in model.named_parameters())
+    assert {name: m.training for name, m in model.named_modules()} == modes
+
+
+def fail_on_call(k, error):
+    """A wrapper that lets ``k - 1`` calls through and raises ``error`` on the ``k``-th."""
+    calls = {"n": 0}
+
+    def wrap(function):
+        def wrapped(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == k:
+                raise error
+            return function(*args, **kwargs)
+        return wrapped
+    return wrap, calls
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError, MemoryError])
+def test_an_interrupted_loss_leaves_the_model_as_it_was(tiny_gpt2, monkeypatch, seed, error):
+    model, tokenizer = tiny_gpt2
+    k = random.Random(seed).randint(2, STEPS)  # after at least one optimiser step has moved the weights
+    wrap, calls = fail_on_call(k, error("injected"))
+    monkeypatch.setattr(ft, "edit_loss", wrap(ft.edit_loss))
+    before = full_state(model)
+    with pytest.raises(error, match="injected"):
+        FTL(model, tokenizer, **FAST).edit(REQUEST)
+    assert calls["n"] == k
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_an_interrupted_optimiser_step_leaves_the_model_as_it_was(tiny_llama, monkeypatch, seed):
+    model, tokenizer = tiny_llama
+    k = random.Random(seed).randint(2, STEPS)
+    wrap, calls = fail_on_call(k, KeyboardInterrupt())
+    monkeypatch.setattr(torch.optim.Adam, "step", wrap(torch.optim.Adam.step))
+    before = full_state(model)
+    with pytest.raises(KeyboardInterrupt):
+        FTL(model, tokenizer, **FAST).edit(REQUEST)
+    assert calls["n"] == k
+    assert_unchanged(model, before)
+
+
+def test_an_interrupted_regularised_edit_leaves_the_model_as_it_was(tiny_llama, monkeypatch):
+    model, tokenizer = tiny_llama
+    regularizer = SSSRegularizer()
+    wrap, calls = fail_on_call(3, KeyboardInterrupt())
+    monkeypatch.setattr(regularizer, "combine", wrap(regularizer.combine))
+    before = full_state(model)
+    with pytest.raises(KeyboardInterrupt):
+        FTL(model, tokenizer, regularizer=regularizer, **FAST).edit(REQUEST)
+    assert calls["n"] == 3
+    assert_unchanged(model, before)
+
+
+def test_train_mode_and_frozen_flags_are_kept(tiny_gpt2, monkeypatch):
+    model, tokenizer = tiny_gpt2
+    model.train()
+    model.get_submodule("transformer.h.1").eval()
+    model.get_parameter("transformer.wte.weight").requires_grad_(False)
+    wrap, _ = fail_on_call(2, KeyboardInterrupt())
+    monkeypatch.setattr(ft, "edit_loss", wrap(ft.edit_loss))
+    before = full_state(model)
+    with pytest.raises(KeyboardInterrupt):
+        FTL(model, tokenizer, **FAST).edit(REQUEST)
+    assert_unchanged(model, before)
+
+
+def test_a_failed_edit_on_top_of_another_keeps_the_first_restorable(tiny_gpt2, monkeypatch):
+    model, tokenizer = tiny_gpt2
+    pristine = full_state(model)[0]
+    editor = FTL(model, tokenizer, **FAST)
+    first = editor.edit(REQUEST)
+    after_first = full_state(model)
+    wrap, _ = fail_on_call(4, KeyboardInterrupt())
+    monkeypatch.setattr(ft, "edit_loss", wrap(ft.edit_loss))
+    with pytest.raises(KeyboardInterrupt):
+        editor.edit(EditRequest("The capital of Spain is", "Paris"))
+    assert_unchanged(model, after_first)
+    monkeypatch.undo()
+    first.restore()  # the failed edit left nothing on the stack
+    assert all(torch.equal(t, pristine[n]) for n, t in [*model.named_parameters(), *model.named_buffers()])
+
+
+def test_a_completed_edit_still_changes_the_model(tiny_gpt2):
+    # The transaction must not undo a successful edit.
+    model, tokenizer = tiny_gpt2
+    before = full_state(model)[0]
+    handle = FTL(model, tokenizer, **FAST).edit(REQUEST)
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert changed and set(changed) == set(handle.originals)
