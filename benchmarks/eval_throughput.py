@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from sss.cli import load_data
+from sss.data import load_data
 from sss.editors.base import EditHandle, Editor
 from sss.eval import evaluate, probes_of
 from sss.eval.metrics import agreement, exact_match, greedy_continuations, prob_margin, teacher_forced, token_acc

@@ -118,3 +118,14 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     assert [r["index"] for r in records_two] == list(range(6))
     assert records_two == records_one
     assert report_two["summary"] == report_one["summary"]
+
+
+def test_sss_target_takes_a_name_or_a_block_index(capsys):
+    def target(value):
+        return cli.build_parser().parse_args(["eval", "--sss-target", value]).sss_target
+
+    assert target("last_hidden") == "last_hidden" and target("input_embeds") == "input_embeds"
+    assert target("10") == 10 and target("-1") == -1
+    with pytest.raises(SystemExit):
+        target("middle")
+    assert "block index, got 'middle'" in capsys.readouterr().err

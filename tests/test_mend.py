@@ -232,3 +232,28 @@ def test_training_lifts_heldout_reliability_on_tiny_gpt2(tmp_path):
     # The best checkpoint loads back into an editor that edits the same way.
     reloaded = MEND.load(tmp_path, model, tokenizer, progress=False)
     assert reliability(model, tokenizer, reloaded, heldout) == trained
+
+
+def test_sss_eval_reads_the_editor_from_the_checkpoint(tiny_gpt2, tmp_path, capsys):
+    """``sss eval --checkpoint DIR`` without ``--editor``: the checkpoint's config names MEND."""
+    from sss import cli
+
+    model, tokenizer = tiny_gpt2
+    editor = MEND(model, tokenizer, rank=8, model_name="tiny-gpt2", progress=False)
+    editor.init_statistics(REQUESTS)
+    editor.save(tmp_path / "mend")
+    from sss import FTL, Editor
+
+    loaded = Editor.from_checkpoint(tmp_path / "mend", model, tokenizer, progress=False)
+    assert type(loaded) is MEND and loaded.config.rank == 8
+    with pytest.raises(ValueError, match="'ft-l' .* has no checkpoints"):
+        FTL.from_checkpoint(tmp_path / "mend", model, tokenizer)
+    out = tmp_path / "eval"
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "mend"), "--model", "tiny-gpt2", "--data", "demo",
+                     "--limit", "1", "--no-generate", "--out", str(out), "--no-progress"]) == 0
+    assert "| Metric | Unedited | MEND |" in capsys.readouterr().out
+    report = json.loads((out / "results_mend.json").read_text())
+    assert report["editor"]["editor"] == "mend" and report["editor"]["config"]["rank"] == 8
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--editor", "mend", "--model", "tiny-gpt2", "--data", "demo", "--out", str(out)])
+    assert "--editor mend needs --checkpoint DIR" in capsys.readouterr().err

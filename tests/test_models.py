@@ -132,3 +132,18 @@ def test_smollm2_loads_from_the_cache(smollm2):
     assert getattr(model.config, "quantization_config", None) is None
     assert tokenizer.pad_token is not None
     assert (models.cache_dir() / "smollm2-135m-instruct" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("float16", torch.float16), ("fp16", torch.float16), ("bf16", torch.bfloat16), ("BFloat16", torch.bfloat16),
+    ("torch.float64", torch.float64), (torch.bfloat16, torch.bfloat16), (None, torch.float32),
+])
+def test_dtype_names_convert(given, expected):
+    model, _ = load_model("tiny-llama", dtype=given)
+    assert {p.dtype for p in model.parameters()} == {expected}
+
+
+def test_device_cpu_is_accepted_as_text_or_device():
+    for device in ("cpu", torch.device("cpu")):
+        model, _ = load_model("tiny-gpt2", device=device)
+        assert {p.device.type for p in model.parameters()} == {"cpu"}

@@ -9,6 +9,7 @@ so the notebooks see the same installed sss whatever ``python`` is first on PATH
 """
 from __future__ import annotations
 
+import ast
 import json
 import re
 import sys
@@ -23,6 +24,8 @@ pytest.importorskip("ipykernel", reason="executing notebooks needs ipykernel (pi
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
 KERNEL = "sss-test-python"
+# A repr()'d string, quoted with ' or with " (when it holds a '); ast.literal_eval reads it back.
+QUOTED = r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
 TABLE_ROWS = ("Reliability (token_acc)", "Generality (token_acc)", "Locality (agreement)")
 
 
@@ -68,8 +71,9 @@ def results_table(texts) -> dict:
     table = {}
     for line in lines[2:]:
         cells = dict(zip(header, (cell.strip() for cell in line.strip("|").split("|"))))
-        table[cells.pop("Metric")] = {column: None if value == "–" else float(value)
-                                      for column, value in cells.items() if column != "Dataset"}
+        label = cells.pop("Metric")
+        table[label] = {column: None if value == "–" else float(value)
+                        for column, value in cells.items() if column != "Dataset"}
     return table
 
 
@@ -90,10 +94,10 @@ def continuations(text, heading):
     block = text.split(heading + "\n", 1)[1]
     pairs = {}
     for line in block.splitlines():
-        match = re.match(r"^\s+'(.*?)'\s+-> '(.*)'$", line)
+        match = re.match(rf"^\s+{QUOTED}\s+-> {QUOTED}$", line)
         if not match:
             break
-        pairs[match.group(1)] = match.group(2)
+        pairs[ast.literal_eval(match.group(1))] = ast.literal_eval(match.group(2))
     assert pairs, f"nothing printed under {heading!r}"
     return pairs
 
@@ -123,8 +127,16 @@ def check_mend(texts):
     for name in ("mend", "mend-sss"):
         assert re.search(rf"^{name}: \d+ steps, best at step \d+$", everything, re.M), name
     assert re.search(r"step +\d+: edit loss [\d.]+ +reliability", everything)
-    assert re.search(r"^edit: '.+' -> '.+' \(was '.+'\)$", everything, re.M)
-    assert "before" in everything and "after" in everything
+    edit = re.search(rf"^edit: {QUOTED} -> {QUOTED} \(was {QUOTED}\)$", everything, re.M)
+    assert edit, "the edit request is not shown"
+    lines = [re.match(rf"^{QUOTED}\s+before {QUOTED}\s+after {QUOTED}$", line) for line in everything.splitlines()]
+    answers = {ast.literal_eval(m.group(1)): (ast.literal_eval(m.group(2)), ast.literal_eval(m.group(3)))
+               for m in lines if m}
+    prompt, target = ast.literal_eval(edit.group(1)), ast.literal_eval(edit.group(2))
+    before, after = answers[prompt]
+    # Even one training step edits: MEND's networks start as the identity, so the first edit is
+    # a scaled gradient step on the request.
+    assert target in after and after != before, (before, after)
     assert "the reloaded editor makes the same edit, bit for bit" in everything
     check_table(texts, ["MEND", "MEND w/ SSS (C=0.9)"])
 
@@ -133,15 +145,27 @@ def check_serac(texts):
     everything = "\n".join(texts)
     for name in ("serac", "serac-sss"):
         assert re.search(rf"^{name}: \d+ steps, best at step \d+$", everything, re.M), name
-    scopes = [float(p) for p in re.findall(r"in scope (\d\.\d\d)", everything)]
-    assert scopes and all(0.0 <= p <= 1.0 for p in scopes)
-    assert "memory holds 1 edit(s)" in everything
-    assert re.search(r"reloaded: same weights, and a memory of 2 edits", everything)
+    rows = [re.match(rf"^{QUOTED}\s+in scope (\d\.\d\d)\s+before {QUOTED}\s+after {QUOTED}$", line)
+            for line in everything.splitlines()]
+    rows = [(float(m.group(2)), ast.literal_eval(m.group(3)), ast.literal_eval(m.group(4))) for m in rows if m]
+    assert len(rows) == 6, "show() runs twice (untrained, trained) on a prompt, a rephrasing and a locality input"
+    for scope, before, after in rows:
+        # In scope the counterfactual model answers (the edit is in its input, so the answer
+        # moves); out of scope the base model answers exactly as before the edit.
+        if scope > 0.5:
+            assert after != before, (scope, before, after)
+        else:
+            assert after == before, (scope, before, after)
+    assert sum(scope > 0.5 for scope, _, _ in rows) == 4 and sum(scope < 0.5 for scope, _, _ in rows) == 2
+    assert everything.count("memory holds 1 edit(s)") == 2
+    assert "reloaded: same weights, and a memory of 2 edits" in everything
     table = check_table(texts, ["untrained", "trained", "trained w/ SSS"])
-    # SERAC answers every input out of scope from the base model itself: locality can only fall
-    # through routing, never through a change of the base model's weights.
-    assert re.search(r"^\d+ entries; the first edit's prompt and rephrasing route to: ", everything, re.M)
-    assert table["Locality (agreement)"]["untrained"] is not None
+    reliability = table["Reliability (token_acc)"]
+    assert min(reliability["trained"], reliability["trained w/ SSS"]) > reliability["Unedited"] + 30, reliability
+    routed = re.search(r"^(\d+) entries; the first edit's prompt and rephrasing route to: (\[.*\])$", everything, re.M)
+    assert routed, "the sequential-editing cell printed nothing"
+    entries = ast.literal_eval(routed.group(2))
+    assert len(entries) == 2 and entries[0] is not None and entries[0] == entries[1], entries
 
 
 CHECKS = {"01_quickstart.ipynb": check_quickstart, "02_mend.ipynb": check_mend, "03_serac.ipynb": check_serac}
@@ -174,3 +198,12 @@ def test_notebook_runs_and_shows_its_results(path, kernel):
               for output in cell.get("outputs", []) if output.get("output_type") == "error"]
     assert not errors
     CHECKS[path.name](shown_text(notebook))
+
+
+def test_the_checks_fail_on_a_notebook_whose_edit_did_nothing_or_whose_table_lacks_a_row():
+    texts = shown_text(nbformat.read(EXAMPLES / "01_quickstart.ipynb", as_version=4))
+    CHECKS["01_quickstart.ipynb"](texts)  # as committed
+    with pytest.raises(AssertionError):  # the answer after the edit is still the old one
+        CHECKS["01_quickstart.ipynb"]([t.replace("Rome", "Paris") for t in texts])
+    with pytest.raises(AssertionError):
+        CHECKS["01_quickstart.ipynb"]([t.replace("| Generality (token_acc)", "| Generalisation") for t in texts])

@@ -453,3 +453,17 @@ def test_resumed_training_continues_with_the_same_losses(tmp_path, one_thread):
     resumed = run(tmp_path / "interrupted", 4)  # continues from interrupted/latest
     assert [step for step, _ in resumed] == [1, 2, 3, 4]
     assert [loss for _, loss in resumed] == pytest.approx([loss for _, loss in straight], rel=1e-6)
+
+
+def test_sss_eval_reads_serac_from_the_checkpoint(tiny_gpt2, tmp_path, capsys, one_thread):
+    """``sss eval --checkpoint DIR`` without ``--editor`` loads SERAC (the checkpoint names it)."""
+    from sss import cli
+
+    model, tokenizer = tiny_gpt2
+    SERAC(model, tokenizer, progress=False, threshold=0.4).save(tmp_path / "serac")
+    out = tmp_path / "eval"
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "serac"), "--model", "tiny-gpt2", "--data", "demo",
+                     "--limit", "1", "--no-generate", "--out", str(out), "--no-progress"]) == 0
+    assert "| Metric | Unedited | SERAC |" in capsys.readouterr().out
+    report = json.loads((out / "results_serac.json").read_text())
+    assert report["editor"]["editor"] == "serac" and report["editor"]["config"]["threshold"] == 0.4

@@ -2,7 +2,7 @@
 
 Nothing outside this file knows the toy editor: it only uses the public pieces an editor author
 uses (``Editor``, ``EditorConfig``, ``register_editor``, ``WeightEditHandle``, ``snapshot``).
-It fine-tunes the final norm's bias by plain gradient descent on the target NLL.
+It fine-tunes the last block's MLP output matrix with Adam on the target NLL (GPT-2 layout).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ REQUESTS = [EditRequest("The capital of France is", "Rome", target_true="Paris",
 @dataclass
 class ToyConfig(EditorConfig):
     steps: int = 30
-    lr: float = 1.0
+    lr: float = 0.1
 
 
 @register_editor("toy", display="Toy")
@@ -34,17 +34,15 @@ class ToyEditor(Editor):
 
     def _apply(self, requests):
         model = self.base_model
-        name = "transformer.ln_f.bias"
+        name = f"transformer.h.{model.config.n_layer - 1}.mlp.c_proj.weight"
         originals = snapshot(model, [name])
-        bias = dict(model.named_parameters())[name]
+        weight = dict(model.named_parameters())[name]
         batch = encode_pairs(self.tokenizer, [r.prompt for r in requests], [r.target_new for r in requests],
                              device=self.device)
-        optimizer = torch.optim.SGD([bias], lr=self.config.lr)
+        optimizer = torch.optim.Adam([weight], lr=self.config.lr)
         for _ in range(self.config.steps):
             optimizer.zero_grad()
             loss = target_nll(model(**batch.model_inputs).logits, batch).mean()
-            if self.regularizer is not None:
-                loss = self.regularizer.combine(loss, loss.new_zeros(()))
             loss.backward()
             optimizer.step()
         model.zero_grad(set_to_none=True)
@@ -59,7 +57,7 @@ def test_evaluate_runs_the_toy_editor_and_restores_the_model(one_thread):
     model, tokenizer = load_model("tiny-gpt2")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     results = evaluate(ToyEditor(model, tokenizer, progress=False), REQUESTS, generate=False, progress=False)
-    assert results.label == "Toy" and results.editor["config"] == {"steps": 30, "lr": 1.0}
+    assert results.label == "Toy" and results.editor["config"] == {"steps": 30, "lr": 0.1}
     # The edit did something: the random model never predicts the new targets, the toy edit does.
     assert results.value("reliability", "token_acc", "pre") == 0.0
     assert results.value("reliability", "token_acc") == 1.0

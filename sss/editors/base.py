@@ -158,6 +158,19 @@ class EditorConfig:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass
+class OuterLossConfig(EditorConfig):
+    """The weights of ``L_ori = c_e * L_e + c_loc * L_loc`` (Eq. 4-6), shared by the trained editors."""
+
+    c_e: float = 0.1
+    c_loc: float = 1.0
+
+    def __post_init__(self):
+        for name in ("c_e", "c_loc"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{type(self).__name__}.{name} must be >= 0, got {getattr(self, name)!r}")
+
+
 EDITORS: Dict[str, Type["Editor"]] = {}
 
 

@@ -53,7 +53,11 @@ def training_requests(study, cell) -> Tuple[List[EditRequest], List[EditRequest]
     source = spec.resolve(training["train"], study.data_root)
     train = select(source, None, training["train_slice"], training["train_requests"], seed=training["seed"])
     val = select(source, None, training["val_slice"], training["val_requests"])
-    check_disjoint(train + val, eval_requests(study, cell), f"training data of {cell.label}", "its evaluation data")
+    # The whole windows must be disjoint, not only the subsets drawn from them at this scale.
+    eval_source = spec.resolve(spec.eval, study.data_root)
+    check_disjoint(select(source, None, training["train_slice"], None) + select(source, None, training["val_slice"], None),
+                   select(eval_source, spec.format, cell.config["data"]["eval_slice"], None),
+                   f"the training data of {cell.label} ({training['train']})", f"its evaluation data ({spec.eval})")
     return train, val
 
 

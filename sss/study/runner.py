@@ -97,13 +97,18 @@ def run_study(study: Study, out, *, only: Optional[str] = None, progress: bool =
     return study_status(study, out, only)
 
 
+def resolve_target(target, model, tokenizer, options: dict):
+    """A study's SSS target: ``edited_block`` is the block FT-L edits on this model (its input)."""
+    if target == EDITED_BLOCK:
+        return FTL(model, tokenizer, progress=False, **options.get("ft-l", {})).config.layers[0]
+    return int(target) if str(target).isdigit() else target
+
+
 def build_regularizer(settings: Optional[dict], model, tokenizer, options: dict):
     if settings is None:
         return None
-    target = settings["target"]
-    if target == EDITED_BLOCK:
-        target = FTL(model, tokenizer, progress=False, **options.get("ft-l", {})).config.layers[0]
-    return SSSRegularizer(C=settings["C"], target=target, tokens=settings["tokens"], reduction=settings["reduction"])
+    return SSSRegularizer(C=settings["C"], target=resolve_target(settings["target"], model, tokenizer, options),
+                          tokens=settings["tokens"], reduction=settings["reduction"])
 
 
 def build_editor(study: Study, cell: Cell, model, tokenizer, out: Path, progress: bool):
@@ -135,8 +140,10 @@ def unedited_observations(study: Study, cell: Cell, requests, model, tokenizer, 
     return {key: stored[key] for key in keys}
 
 
-def sss_scores(cell: Cell, model, tokenizer, request) -> Dict[str, float]:
-    return {str(target): SSSRegularizer(target=int(target) if str(target).isdigit() else target)
+def sss_scores(study: Study, cell: Cell, model, tokenizer, request) -> Dict[str, float]:
+    """The pre-edit SSS score of the request's edit sentence under each reading the grid asks for."""
+    options = study.settings["editors"]
+    return {str(target): SSSRegularizer(target=resolve_target(target, model, tokenizer, options))
             .score(model, tokenizer, request.prompt, request.target_new) for target in cell.config["score_sss"]}
 
 
@@ -158,7 +165,7 @@ def run_cell(study: Study, cell: Cell, out, model, tokenizer, *, progress: bool 
     curve: list = []
     if c["mode"] == "sequential":
         log.reset()  # an interrupted sequence restarts from its first edit
-        scores = [sss_scores(cell, model, tokenizer, r) for r in requests]
+        scores = [sss_scores(study, cell, model, tokenizer, r) for r in requests]
         results = evaluate(editor, requests, "sequential", checkpoints=c["checkpoints"], seed=c["seed"], **options)
         for record, score in zip(results.records, scores):
             log.append(_with_scores(record, score))
@@ -168,7 +175,7 @@ def run_cell(study: Study, cell: Cell, out, model, tokenizer, *, progress: bool 
         bar = tqdm(range(len(requests)), desc=cell.label, disable=not progress, leave=False, unit="req",
                    initial=len(finished))
         for i in (i for i in range(len(requests)) if i not in finished):
-            score = sss_scores(cell, model, tokenizer, requests[i])
+            score = sss_scores(study, cell, model, tokenizer, requests[i])
             # Seeded by the request's position, as evaluate() over the whole list would seed it.
             results = evaluate(editor, [requests[i]], "single", seed=c["seed"] + i, **options)
             record = dict(results.records[0], index=i, edit=i)

@@ -131,7 +131,7 @@ def config_hash(config: dict, length: int = 10) -> str:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.=]+", "-", str(text)).strip("-").lower()
+    return re.sub(r"[^A-Za-z0-9.=_]+", "-", str(text)).strip("-").lower()
 
 
 def default_data_root(path: Optional[Path]) -> Path:

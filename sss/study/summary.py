@@ -82,6 +82,7 @@ class Finished:
     def __init__(self, study: Study, out: Path):
         self.study, self.out = study, Path(out)
         self.runs: Dict[tuple, object] = {}
+        self.configs: Dict[tuple, dict] = {}
         self.missing: List[str] = []
         for cell in study.cells:
             folder = cell_folder(out, cell)
@@ -90,7 +91,12 @@ class Finished:
                 continue
             c = cell.config
             reg = regularizer_label(c["regularizer"])
-            self.runs[(c["editor"], c["data"]["name"], c.get("length"), reg, c["seed"])] = load_cell_results(folder)
+            key = (c["editor"], c["data"]["name"], c.get("length"), reg, c["seed"])
+            self.runs[key], self.configs[key] = load_cell_results(folder), c
+
+    def measured(self, rows) -> list:
+        """The rows some finished cell has values for."""
+        return [row for row in rows if any(per_request(run, row[1], row[2]) for run in self.runs.values())]
 
     def groups(self) -> Dict[tuple, Dict[str, Dict[int, object]]]:
         """``{(editor, dataset, length): {regularizer label: {seed: results}}}`` in grid order."""
@@ -127,17 +133,20 @@ def comparison_table(finished: Finished, rows, resamples: int) -> str:
 
 def c_sweep_table(finished: Finished, rows, resamples: int) -> Tuple[str, dict]:
     """Each (target, C) cell against FT-L without SSS; also the points the figure draws."""
+    rows = finished.measured(rows)
     lines = ["| Dataset | target | C | " + " | ".join(f"{label} ({metric})" for label, _, metric in rows) + " |",
              "|---|---|---|" + "---|" * len(rows)]
     points: dict = defaultdict(list)  # (dataset, target, label) -> [(C, mean, low, high)]
     for (editor, dataset, _), by_reg in finished.groups().items():
         base = by_reg.get("base", {})
-        for reg, by_seed in sorted(by_reg.items(), key=lambda item: _sweep_key(item[1])):
-            if reg == "base" or not base:
+        settings_of = {reg: finished.configs[(editor, dataset, None, reg, min(by_seed))]["regularizer"]
+                       for reg, by_seed in by_reg.items() if reg != "base"}
+        for reg in sorted(settings_of, key=lambda r: (str(settings_of[r]["target"]), settings_of[r]["C"])):
+            by_seed = by_reg[reg]
+            if not set(by_seed) & set(base):
                 continue
-            seed = sorted(set(by_seed) & set(base))[0]
-            run = by_seed[seed]
-            settings = run.editor["regularizer"]
+            seed = min(set(by_seed) & set(base))
+            run, settings = by_seed[seed], settings_of[reg]
             row = []
             for label, group, metric in rows:
                 a, b = paired_arrays(per_request(run, group, metric), per_request(base[seed], group, metric))
@@ -150,12 +159,6 @@ def c_sweep_table(finished: Finished, rows, resamples: int) -> Tuple[str, dict]:
                 row.append(format_cell(a.mean(), difference))
             lines.append(f"| {dataset} | {settings['target']} | {settings['C']:g} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n", points
-
-
-def _sweep_key(by_seed) -> tuple:
-    run = next(iter(by_seed.values()))
-    settings = run.editor.get("regularizer") or {}
-    return (str(settings.get("target", "")), settings.get("C", -1.0))
 
 
 def sss_metric_table(finished: Finished, resamples: int) -> Tuple[str, dict]:
@@ -181,13 +184,16 @@ def sss_metric_table(finished: Finished, resamples: int) -> Tuple[str, dict]:
 
 def sequential_points(finished: Finished, resamples: int) -> dict:
     """(editor, dataset, regularizer, label) -> [(n, mean, low, high)] for the figure."""
-    points: dict = defaultdict(list)
-    for (editor, dataset, length, reg, seed), run in sorted(finished.runs.items(), key=lambda kv: str(kv[0])):
+    pooled: dict = defaultdict(lambda: defaultdict(list))  # (..., label, n) -> {request: [value per seed]}
+    for (editor, dataset, length, reg, seed), run in finished.runs.items():
         for label, group, metric in TABLE_ROWS[:3]:
-            values = np.array(list(per_request(run, group, metric).values()), float)
-            if values.size:
-                band = paired_bootstrap(values, np.zeros_like(values), resamples=resamples)
-                points[(editor, dataset, reg, label)].append((length, values.mean(), band.low, band.high))
+            for index, value in per_request(run, group, metric).items():
+                pooled[(editor, dataset, reg, label, length)][index].append(value)
+    points: dict = defaultdict(list)
+    for (editor, dataset, reg, label, length), by_request in sorted(pooled.items(), key=lambda kv: str(kv[0])):
+        values = np.array([np.mean(v) for v in by_request.values()])  # each request averaged over seeds
+        band = paired_bootstrap(values, np.zeros_like(values), resamples=resamples)
+        points[(editor, dataset, reg, label)].append((length, values.mean(), band.low, band.high))
     return points
 
 
@@ -201,7 +207,7 @@ def summarise_study(study: Study, out, *, resamples: int = 10_000) -> Path:
              "Δ = with SSS − without, paired bootstrap 95% interval; p = paired sign-flip test.\n"]
     if study.summary in ("table", "categories", "sequential"):
         rows = CATEGORY_ROWS if study.summary == "categories" else TABLE_ROWS
-        parts.append(comparison_table(finished, rows, resamples))
+        parts.append(comparison_table(finished, finished.measured(rows), resamples))
     if study.summary == "sequential" and finished.runs:
         figure = plot_sequential(sequential_points(finished, resamples), folder / "sequential.png")
         parts.append(f"![metrics vs n]({figure.name})\n")

@@ -59,8 +59,9 @@ each episode holds), ``checkpoint`` (the files, and reading an editor's checkpoi
 ``collective`` (what ranks share), ``loop`` (the loop). The command ``sss train EDITOR`` is
 :mod:`sss.cli.train`.
 """
-from .checkpoint import (CONFIG_FILE, LOG_FILE, WEIGHTS_FILE, checkpoint_editor, read_checkpoint, read_editor_checkpoint,
-                         refuse_mismatches, resolve_checkpoint, shape_mismatches, shapes, write_checkpoint)
+from .checkpoint import (CONFIG_FILE, LOG_FILE, WEIGHTS_FILE, checkpoint_editor, read_checkpoint,
+                         read_editor_checkpoint, refuse_mismatches, resolve_checkpoint, shape_mismatches, shapes,
+                         write_checkpoint)
 from .config import Episode, Trainable, TrainConfig, TrainResult
 from .episodes import EpisodeStream
 from .loop import train

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ..requests import EditRequest, LocalityProbe, PortabilityProbe  # noqa: F401 (EditRequest: Converter)
+from ..requests import EditRequest, LocalityProbe, PortabilityProbe
 
 
 @dataclass

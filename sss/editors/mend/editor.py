@@ -27,7 +27,7 @@ from ...data.tokenize import PairBatch, context_length
 from ...losses import regularizer_from_description, target_nll
 from ...models import is_conv1d, mlp_in_paths, mlp_out_path, num_blocks
 from ...train import read_editor_checkpoint, refuse_mismatches, shape_mismatches, shapes, write_checkpoint
-from ..base import Editor, EditorConfig, WeightEditHandle, register_editor, snapshot
+from ..base import Editor, OuterLossConfig, WeightEditHandle, register_editor, snapshot
 from .hooks import factor_product, layer_factors
 from .network import MENDNetworks
 from .objective import MENDTraining, eval_mode
@@ -39,7 +39,7 @@ FORMAT_VERSION = 1
 
 
 @dataclass
-class MENDConfig(EditorConfig):
+class MENDConfig(OuterLossConfig):
     """MEND's hyper-parameters (MEND's GPT-2 XL defaults).
 
     ``layers``: blocks whose MLP weights are edited (negative counts from the end; None: the last
@@ -57,11 +57,10 @@ class MENDConfig(EditorConfig):
     init_edit_lr: float = 1e-4
     lr: float = 1e-6
     lr_lr: float = 1e-4
-    c_e: float = 0.1
-    c_loc: float = 1.0
     stats_requests: int = 50
 
     def __post_init__(self):
+        super().__post_init__()
         if self.layers is not None:
             self.layers = tuple(int(layer) for layer in self.layers)
             if not self.layers:
@@ -78,9 +77,6 @@ class MENDConfig(EditorConfig):
         for name in ("lr", "lr_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"MENDConfig.{name} must be positive, got {getattr(self, name)}")
-        for name in ("c_e", "c_loc"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"MENDConfig.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @register_editor("mend", display="MEND")

@@ -4,12 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..base import EditorConfig
+from ..base import OuterLossConfig
 from .classifier import CLASSIFIERS
 
 
 @dataclass
-class SERACConfig(EditorConfig):
+class SERACConfig(OuterLossConfig):
     """SERAC's hyper-parameters. Defaults: the paper's / EasyEdit's (``lr=1e-5``, ``c_e=0.1``,
     threshold 0.5) where they say; the rest are sss's choices, documented in docs/serac.md.
 
@@ -34,8 +34,6 @@ class SERACConfig(EditorConfig):
     lr: float = 1e-5
     cls_lr: float = 1e-5
     head_lr: float = 1e-3
-    c_e: float = 0.1
-    c_loc: float = 1.0
     c_cls: float = 1.0
 
     def __post_init__(self):
@@ -46,10 +44,10 @@ class SERACConfig(EditorConfig):
         for name in ("lr", "cls_lr", "head_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("c_e", "c_loc", "c_cls"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)!r}")
+        if not self.c_cls >= 0:
+            raise ValueError(f"c_cls must be non-negative, got {self.c_cls!r}")
         if self.cf_layers is not None and (not isinstance(self.cf_layers, int) or self.cf_layers < 1):
             raise ValueError(f"cf_layers must be a positive number of blocks or None, got {self.cf_layers!r}")
         if not isinstance(self.separator, str):
             raise ValueError(f"separator must be a string, got {type(self.separator).__name__}")
+        super().__post_init__()  # c_e, c_loc

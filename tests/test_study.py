@@ -1,0 +1,185 @@
+"""sss.study: grids, resumable cells, the checkpoint cache, the summary (tiny models, demo data)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sss import MEND
+from sss.study import config_hash, load_study, run_study, summarise_study
+from sss.study import runner as study_runner
+from sss.study.checkpoints import checkpoint_folder
+from sss.study.runner import cell_folder
+from sss.study.store import RECORDS
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+DEMO_SPLIT = {"eval": "demo", "eval_slice": [60, None], "train": "demo", "train_slice": [0, 40],
+              "val_slice": [40, 50]}
+
+
+def grid(**changes) -> dict:
+    raw = {"name": "unit", "editors": ["ft-l"], "datasets": ["demo"], "regularizers": ["none", {"C": 0.9}],
+           "data": {"demo": dict(DEMO_SPLIT)}, "scales": {"smoke": {"eval_requests": 3}}}
+    raw.update(changes)
+    return raw
+
+
+def records_of(folder: Path) -> list:
+    return json.loads((folder / "report.json").read_text())["records"]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_smoke_study_end_to_end(tmp_path):
+    study = load_study(grid(editors=["ft-l", "mend"], score_sss=["last_hidden"]), "smoke")
+    statuses = run_study(study, tmp_path, progress=False)
+    assert [s.done for s in statuses] == [True] * 4
+    for status in statuses:
+        records = records_of(status.folder)
+        assert [r["index"] for r in records] == [0, 1, 2]
+        assert all("post" in r and r["sss_score"]["last_hidden"] > 0 for r in records)
+        assert status.folder.name.startswith(status.cell.label + "-")
+    summary = summarise_study(study, tmp_path, resamples=200).read_text()
+    rows = [line for line in summary.splitlines() if line.startswith("| demo |")]
+    # one row per (editor, metric) pairing "without" against "with SSS"
+    assert {(r.split(" | ")[1], r.split(" | ")[3].split(" (")[0]) for r in rows} >= {
+        ("ft-l", "Reliability"), ("ft-l", "Locality"), ("mend", "Reliability"), ("mend", "Locality")}
+    assert all("Δ" in r and "sss0.9-lh" in r for r in rows)
+
+
+def test_shipped_grids_load_at_every_scale():
+    files = sorted(STUDIES.glob("*.toml"))
+    assert {f.stem for f in files} >= {"table1", "table2_sequential", "table3_rome", "table5_portability", "c_sweep",
+                                       "sss_metric"}
+    for path in files:
+        for scale in ("smoke", "cpu", "gpu"):
+            study = load_study(path, scale)
+            names = [c.folder_name for c in study.cells]
+            assert len(set(names)) == len(names), f"{path.name} {scale}: two cells share a folder"
+    sweep = load_study(STUDIES / "c_sweep.toml", "cpu")
+    targets = {(c.regularizer or {}).get("target") for c in sweep.cells}
+    assert targets == {None, "last_hidden", "input_embeds", "edited_block"}
+
+
+def test_shipped_grid_runs_on_real_data(tmp_path, shared_data):
+    study = load_study(STUDIES / "table1.toml", "smoke", data_root=shared_data)
+    statuses = run_study(study, tmp_path, only="ft-l-counterfact", progress=False)
+    assert len(statuses) == 2 and all(s.done for s in statuses)
+    assert len(records_of(statuses[0].folder)) == study.settings["eval_requests"]
+
+
+def test_interrupted_cell_resumes_to_the_same_records(tmp_path, monkeypatch):
+    study = load_study(grid(regularizers=["none"], scales={"smoke": {"eval_requests": 4}}), "smoke")
+    cell = study.cells[0]
+    run_study(study, tmp_path / "whole", progress=False)
+    expected = records_of(cell_folder(tmp_path / "whole", cell))
+
+    real_evaluate, calls = study_runner.evaluate, []
+
+    def stop_after_two(*args, **kwargs):
+        if len(calls) == 2:
+            raise Interrupt
+        calls.append(1)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(study_runner, "evaluate", stop_after_two)
+    with pytest.raises(Interrupt):
+        run_study(study, tmp_path / "parts", progress=False)
+    folder = cell_folder(tmp_path / "parts", cell)
+    assert not (folder / "done").exists()
+    with open(folder / RECORDS, "a") as handle:
+        handle.write('{"index": 2, "torn')  # a crash in the middle of a line
+    monkeypatch.setattr(study_runner, "evaluate", real_evaluate)
+    run_study(study, tmp_path / "parts", progress=False)
+    assert records_of(folder) == expected
+    # and both equal one evaluate() over all the requests (records carry no timings)
+    from sss.eval import evaluate
+    from sss.study.requests import eval_requests
+
+    model, tokenizer = study_runner.load_model("tiny-gpt2")
+    editor = study_runner.build_editor(study, cell, model, tokenizer, tmp_path, False)
+    direct = evaluate(editor, eval_requests(study, cell), "single", generate=False, progress=False)
+    assert json.loads(json.dumps(direct.records)) == expected
+
+
+def test_finished_cell_is_skipped(tmp_path, monkeypatch):
+    study = load_study(grid(), "smoke")
+    run_study(study, tmp_path, progress=False)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished cell was run again")
+
+    monkeypatch.setattr(study_runner, "evaluate", fail)
+    monkeypatch.setattr(study_runner, "build_editor", fail)
+    assert all(s.done for s in run_study(study, tmp_path, progress=False))
+
+
+def test_sequential_cells_one_per_length_with_the_curve(tmp_path):
+    study = load_study(grid(mode="sequential", regularizers=["none"], scales={"smoke": {"sizes": [1, 3]}}), "smoke")
+    assert [c.config["length"] for c in study.cells] == [1, 3]
+    statuses = run_study(study, tmp_path, progress=False)
+    longest = json.loads((statuses[1].folder / "report.json").read_text())
+    assert len(longest["records"]) == 3 and [p["edits"] for p in longest["curve"]] == [1, 3]
+
+
+def _leaves(value, path=()):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, path + (key,))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _leaves(item, path + (i,))
+    else:
+        yield path
+
+
+def test_config_hash_changes_with_every_field_and_names_are_stable():
+    study = load_study(grid(editors=["mend"]), "smoke")
+    cell = study.cells[1]
+    again = load_study(grid(editors=["mend"]), "smoke").cells[1]
+    assert cell.folder_name == again.folder_name
+    assert config_hash(dict(reversed(list(cell.config.items())))) == cell.key
+    for path in _leaves(cell.config):
+        changed = json.loads(json.dumps(cell.config))
+        target = changed
+        for key in path[:-1]:
+            target = target[key]
+        old = target[path[-1]]
+        target[path[-1]] = (not old) if isinstance(old, bool) else ("x" if old is None else f"{old}!")
+        assert config_hash(changed) != cell.key, f"changing {path} left the hash as it was"
+
+
+def test_checkpoints_are_trained_once_and_reused(tmp_path, monkeypatch):
+    fits = []
+    real_fit = MEND.fit
+    monkeypatch.setattr(MEND, "fit", lambda self, *a, **k: fits.append(1) or real_fit(self, *a, **k))
+    data = {"demo": dict(DEMO_SPLIT), "demo-b": dict(DEMO_SPLIT, eval_slice=[50, 60])}
+    study = load_study(grid(editors=["mend"], datasets=["demo", "demo-b"], data=data), "smoke")
+    run_study(study, tmp_path, progress=False)
+    assert len(fits) == 2  # without and with SSS; each serves both datasets
+    folders = {checkpoint_folder(tmp_path, c.config["training"]) for c in study.cells}
+    assert len(folders) == 2 and all((f / "done").exists() for f in folders)
+    other = load_study(grid(name="other", editors=["mend"], data=data), "smoke")  # another study, same training
+    run_study(other, tmp_path, progress=False)
+    assert len(fits) == 2
+
+
+def test_overlapping_train_and_eval_data_are_refused(tmp_path):
+    data = {"demo": dict(DEMO_SPLIT, eval_slice=[30, None])}
+    study = load_study(grid(editors=["mend"], regularizers=["none"], data=data), "smoke")
+    with pytest.raises(ValueError, match="overlap"):
+        run_study(study, tmp_path, progress=False)
+
+
+def test_bad_study_files_are_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match="colour"):
+        load_study(grid(colour="red"), "smoke")
+    with pytest.raises(ValueError, match="huge"):
+        load_study(grid(), "huge")
+    with pytest.raises(ValueError, match="nowhere"):
+        load_study(grid(datasets=["nowhere"]), "smoke")
+    with pytest.raises(ValueError, match="regularizer"):
+        load_study(grid(regularizers=[{"strength": 1}]), "smoke")
