@@ -55,16 +55,18 @@ def assert_same_weights(a, b):
 
 @pytest.fixture
 def counted_observe(monkeypatch):
-    """Count measurement calls, with how many edits the editor had made at that moment."""
-    log = []
+    """Count requests measured, with how many edits the editor had made at that moment, and the
+    batched calls they were measured in."""
+    log, calls = [], []
 
-    def spy(model, tokenizer, request, **kwargs):
-        log.append((request.case_id, spy.editor.edits.copy()))
-        return real(model, tokenizer, request, **kwargs)
+    def spy(model, tokenizer, requests, **kwargs):
+        calls.append([r.case_id for r in requests])
+        log.extend((request.case_id, spy.editor.edits.copy()) for request in requests)
+        return real(model, tokenizer, requests, **kwargs)
 
-    real = protocols.observe
-    monkeypatch.setattr(protocols, "observe", spy)
-    spy.log = log
+    real = protocols.observe_many
+    monkeypatch.setattr(protocols, "observe_many", spy)
+    spy.log, spy.calls = log, calls
     return spy
 
 
@@ -88,6 +90,8 @@ def test_sequential_equals_edits_by_hand_and_never_recomputes_unedited(counted_o
     assert before_first_edit == ["c0", "c1", "c2"]
     assert len(counted_observe.log) == 9
     assert [len(edits) for _, edits in counted_observe.log[3:]] == [1, 2, 3, 3, 3, 3]
+    # One batched pass for all unedited requests, one per immediate measurement, one at the end.
+    assert counted_observe.calls == [["c0", "c1", "c2"], ["c0"], ["c1"], ["c2"], ["c0", "c1", "c2"]]
 
     # Everything restored bit for bit.
     assert_same_weights(state(model), original)

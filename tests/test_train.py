@@ -110,7 +110,8 @@ def test_checkpoint_files_round_trip_without_pickle(tmp_path):
     write_checkpoint(tmp_path / "ck", tensors, {"name": "x", "shape": (3, 2)}, {"more.json": {"k": 1}})
     loaded, config = read_checkpoint(tmp_path / "ck")
     assert all(torch.equal(loaded[k], tensors[k]) for k in tensors) and config == {"name": "x", "shape": [3, 2]}
-    assert sorted(p.suffix for p in (tmp_path / "ck").iterdir()) == [".json", ".json", ".safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
+        "config.json", "manifest.json", "more.json", "weights.safetensors"]
     with pytest.raises(ValueError, match="not an sss checkpoint"):
         read_checkpoint(tmp_path)
 

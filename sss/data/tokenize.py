@@ -12,7 +12,7 @@ The conventions (docs/data.md) that prevent the field's known bugs:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -69,6 +69,40 @@ def context_length(tokenizer, model=None) -> Optional[int]:
     return None
 
 
+class EncodingCache:
+    """Token ids of each prompt and each target, tokenized once however often they are measured.
+
+    One evaluation feeds the same strings many times (answer and rival share a prompt, the
+    unedited and the edited model see the same probes, generation re-reads the prompt);
+    tokenization is deterministic, so the first result is reused.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._prompts: dict = {}
+        self._targets: dict = {}
+
+    def prompt_ids(self, prompt: str) -> List[int]:
+        if prompt not in self._prompts:
+            self._prompts[prompt] = list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        return self._prompts[prompt]
+
+    def target_ids(self, target: str) -> List[int]:
+        """The ids of ``continuation(target)``, as they follow a prompt."""
+        if target not in self._targets:
+            self._targets[target] = list(self.tokenizer(continuation(target), add_special_tokens=False)["input_ids"])
+        return self._targets[target]
+
+
+def encodings_for(tokenizer, cache: Optional[EncodingCache]) -> EncodingCache:
+    """``cache`` if it belongs to ``tokenizer``, a fresh one if None; another tokenizer's is refused."""
+    if cache is None:
+        return EncodingCache(tokenizer)
+    if cache.tokenizer is not tokenizer:
+        raise ValueError("the encoding cache belongs to another tokenizer")
+    return cache
+
+
 def _check_text(text: str, what: str, index: int) -> None:
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"{what}[{index}] is empty" if isinstance(text, str)
@@ -76,8 +110,11 @@ def _check_text(text: str, what: str, index: int) -> None:
 
 
 def encode_pairs(tokenizer, prompts: Sequence[str], targets: Sequence[str], *,
-                 max_length: Optional[int] = None, device=None) -> PairBatch:
-    """Tokenize prompt/target pairs for teacher forcing (right padding, target mask by position)."""
+                 max_length: Optional[int] = None, device=None, cache: Optional[EncodingCache] = None) -> PairBatch:
+    """Tokenize prompt/target pairs for teacher forcing (right padding, target mask by position).
+
+    ``cache``: an :class:`EncodingCache` of ``tokenizer`` that remembers each string's ids."""
+    cache = encodings_for(tokenizer, cache)
     if len(prompts) != len(targets):
         raise ValueError(f"got {len(prompts)} prompts but {len(targets)} targets")
     if len(prompts) == 0:
@@ -86,8 +123,7 @@ def encode_pairs(tokenizer, prompts: Sequence[str], targets: Sequence[str], *,
     for i, (prompt, target) in enumerate(zip(prompts, targets)):
         _check_text(prompt, "prompt", i)
         _check_text(target, "target", i)
-        prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        target_ids = tokenizer(continuation(target), add_special_tokens=False)["input_ids"]
+        prompt_ids, target_ids = cache.prompt_ids(prompt), cache.target_ids(target)
         if not target_ids:
             raise ValueError(f"target[{i}] {target!r} encodes to no tokens")
         total = len(prompt_ids) + len(target_ids)
@@ -134,16 +170,22 @@ class PromptBatch:
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], *, max_length: Optional[int] = None,
-                   device=None) -> PromptBatch:
+                   device=None, cache: Optional[EncodingCache] = None) -> PromptBatch:
     """Tokenize prompts for generation: padded on the left so every row ends at the last column."""
+    cache = encodings_for(tokenizer, cache)
     encoded = []
     for i, prompt in enumerate(prompts):
         _check_text(prompt, "prompt", i)
-        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        ids = cache.prompt_ids(prompt)
         if max_length is not None and len(ids) > max_length:
             raise ValueError(f"prompt[{i}] is {len(ids)} tokens, longer than the model's context "
                              f"of {max_length} tokens: {prompt[:60]!r}...")
         encoded.append(ids)
+    return pad_left(tokenizer, encoded, device=device)
+
+
+def pad_left(tokenizer, encoded: Sequence[Sequence[int]], *, device=None) -> PromptBatch:
+    """Token id sequences padded on the left (for generation), with their attention mask."""
     if not encoded:
         raise ValueError("no prompts to encode")
     width = max(len(ids) for ids in encoded)

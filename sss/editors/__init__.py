@@ -1,8 +1,8 @@
 """Editors: one small module each, all behind ``Editor.edit(requests) -> EditHandle``."""
-from .base import EDITORS, EditHandle, Editor, EditorConfig, WeightEditHandle, editor_class, register_editor
+from .base import EDITORS, EditHandle, EditSession, Editor, EditorConfig, WeightEditHandle, editor_class, register_editor
 from .ft import FTL, FTLConfig
 from .mend import MEND, MENDConfig
 from .serac import SERAC, SERACConfig
 
-__all__ = ["EDITORS", "EditHandle", "Editor", "EditorConfig", "WeightEditHandle", "editor_class",
+__all__ = ["EDITORS", "EditHandle", "EditSession", "Editor", "EditorConfig", "WeightEditHandle", "editor_class",
            "register_editor", "FTL", "FTLConfig", "MEND", "MENDConfig", "SERAC", "SERACConfig"]

@@ -2,152 +2,31 @@
 
 An editor changes its model in place. The handle it returns remembers how to undo exactly that
 change; handles stack, so a second ``edit`` on an edited model is sequential editing, and edits
-are undone in reverse order. Weight edits keep the original tensors (not a delta to subtract,
-which would not round-trip in floating point) so ``restore()`` is exact.
+are undone in reverse order. Every ``edit`` is a transaction (it returns a handle or leaves the
+model as it was), and the caller owns the handles: see :mod:`.history` for ownership, commits
+and sessions, :mod:`.weight_handle` for weight edits and their files.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import weakref
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Type, Union
+from typing import Callable, Dict, Iterable, List, Optional, Type, Union
 
 import torch
 from torch import nn
 
 from ..data import EditRequest, as_request_list
 from ..losses import SparsityRegularizer
-from ..train.checkpoint import checkpoint_editor, refuse_mismatches, shape_mismatches, shapes
+from ..train.checkpoint import checkpoint_editor
+from .history import EditHandle, EditSession, forget_edits, transaction
+from .weight_handle import WeightEditHandle, snapshot
+
+__all__ = ["EditHandle", "EditSession", "Editor", "EditorConfig", "OuterLossConfig", "WeightEditHandle", "EDITORS",
+           "editor_class", "forget_edits", "register_editor", "snapshot"]
 
 logger = logging.getLogger(__name__)
-
-# The handles currently applied to each model (or other edited state, e.g. SERAC's memory),
-# oldest first. Keyed weakly so a model that is dropped does not stay alive through its history.
-_ACTIVE_EDITS: "weakref.WeakKeyDictionary[nn.Module, List[EditHandle]]" = weakref.WeakKeyDictionary()
-
-
-class EditHandle(ABC):
-    """One applied edit. ``restore()`` undoes it; ``with editor.edit(...):`` restores on exit."""
-
-    def __init__(self, model: nn.Module, requests: Sequence[EditRequest], editor: str, info: Optional[dict] = None):
-        self.model = model
-        self.requests = list(requests)
-        self.editor = editor
-        self.info = dict(info or {})
-        self.restored = False
-        _ACTIVE_EDITS.setdefault(model, []).append(self)
-
-    def restore(self) -> None:
-        """Undo this edit. Stacked edits must be undone newest first."""
-        if self.restored:
-            raise RuntimeError("this edit has already been restored")
-        stack = _ACTIVE_EDITS.get(self.model, [])
-        if stack and stack[-1] is not self:
-            raise RuntimeError(f"edits are undone newest first: restore the {len(stack) - stack.index(self) - 1} "
-                               "edit(s) made after this one before it")
-        self._undo()
-        stack.pop()
-        self.restored = True
-
-    @abstractmethod
-    def _undo(self) -> None:
-        ...
-
-    def __enter__(self) -> "EditHandle":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if not self.restored:
-            self.restore()
-
-
-def forget_edits(state) -> List[EditHandle]:
-    """Void every handle applied to ``state`` (replaced wholesale, e.g. a memory loaded from disk).
-
-    Their changes are gone, so restoring them would undo nothing of theirs; they count as restored.
-    """
-    handles = _ACTIVE_EDITS.pop(state, [])
-    for handle in handles:
-        handle.restored = True
-    return handles
-
-
-class WeightEditHandle(EditHandle):
-    """An edit that changed some parameters in place; keeps their original values."""
-
-    def __init__(self, model: nn.Module, originals: Dict[str, torch.Tensor], requests, editor: str,
-                 info: Optional[dict] = None):
-        super().__init__(model, requests, editor, info)
-        self.originals = originals
-        params = dict(model.named_parameters())
-        # The delta is fixed at edit time, so saving it later (after further edits) still
-        # describes this edit alone.
-        self._delta = {name: (params[name].detach() - original).clone() for name, original in originals.items()}
-
-    @property
-    def delta(self) -> Dict[str, torch.Tensor]:
-        """Edited minus original value of every tensor this edit touched."""
-        return dict(self._delta)
-
-    def _undo(self) -> None:
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, original in self.originals.items():
-                params[name].copy_(original)
-
-    def save(self, path: Union[str, Path]) -> Path:
-        """Write the weight delta as ``<path>.safetensors`` plus ``<path>.json`` metadata."""
-        from safetensors.torch import save_file
-
-        base = Path(path).with_suffix("")
-        base.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous().cpu() for k, v in self._delta.items()}, str(base) + ".safetensors")
-        meta = {
-            "editor": self.editor,
-            "model_type": getattr(self.model.config, "model_type", None),
-            "shapes": {k: list(v.shape) for k, v in self._delta.items()},
-            "requests": [r.to_dict() for r in self.requests],
-            "info": _jsonable(self.info),
-        }
-        Path(str(base) + ".json").write_text(json.dumps(meta, indent=2))
-        return Path(str(base) + ".safetensors")
-
-    @classmethod
-    def load(cls, path: Union[str, Path], model: nn.Module) -> "WeightEditHandle":
-        """Apply a saved delta to ``model`` (in place) and return a handle that undoes it.
-
-        The file is refused, with what differs, when it names a parameter the model lacks or one
-        of another shape.
-        """
-        from safetensors.torch import load_file
-
-        base = Path(path).with_suffix("")
-        delta = load_file(str(base) + ".safetensors")
-        meta_path = Path(str(base) + ".json")
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        params = dict(model.named_parameters())
-        refuse_mismatches(shape_mismatches(shapes(delta), shapes(params), saved_as="saved edit", complete=False),
-                          "the saved edit does not match this model")
-        originals = {name: params[name].detach().clone() for name in delta}
-        with torch.no_grad():
-            for name, tensor in delta.items():
-                params[name].add_(tensor.to(params[name].device, params[name].dtype))
-        requests = [EditRequest.from_dict(r) for r in meta.get("requests", [])]
-        return cls(model, originals, requests, meta.get("editor", "loaded"), meta.get("info"))
-
-
-def _jsonable(value):
-    try:
-        json.dumps(value)
-        return value
-    except TypeError:
-        return repr(value)
-
-
-# ----------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -234,8 +113,30 @@ class Editor(ABC):
         return next(self.base_model.parameters()).device
 
     def edit(self, requests: Union[EditRequest, Iterable[EditRequest]]) -> EditHandle:
-        """Apply ``requests`` as one edit, in place; return the handle that undoes it."""
-        return self._apply(as_request_list(requests))
+        """Apply ``requests`` as one edit, in place; return the handle that undoes it.
+
+        A transaction: if anything is raised inside (``KeyboardInterrupt`` included), every
+        tensor the editor snapshotted, every ``requires_grad`` flag, ``.grad`` and train/eval
+        mode of :meth:`edited_modules`, and the state :meth:`undo_point` saves are put back.
+        """
+        requests = as_request_list(requests)
+        with transaction(self.edited_modules(), self.undo_point()):
+            return self._apply(requests)
+
+    def session(self) -> EditSession:
+        """Sequential editing that keeps one undo copy of each touched tensor (see :class:`EditSession`)."""
+        return EditSession(self)
+
+    def edited_modules(self) -> List[nn.Module]:
+        """The modules whose flags and modes an edit's transaction keeps (tensor values: as snapshotted)."""
+        modules = [self.base_model]
+        if isinstance(self.model, nn.Module) and self.model is not self.base_model:
+            modules.append(self.model)
+        return modules
+
+    def undo_point(self) -> Optional[Callable[[], None]]:
+        """State an edit changes besides snapshotted weights: a function that puts it back, or None."""
+        return None
 
     @abstractmethod
     def _apply(self, requests: List[EditRequest]) -> EditHandle:
@@ -268,9 +169,3 @@ class Editor(ABC):
             "config": self.config.to_dict(),
             "regularizer": None if self.regularizer is None else self.regularizer.describe(),
         }
-
-
-def snapshot(model: nn.Module, names: Iterable[str]) -> Dict[str, torch.Tensor]:
-    """Exact copies of the named parameters (the originals a WeightEditHandle restores)."""
-    params = dict(model.named_parameters())
-    return {name: params[name].detach().clone() for name in names}

@@ -6,6 +6,9 @@ radius ``norm_constraint`` around their pre-edit values; training stops early on
 is below ``early_stop_loss``. With a regularizer each step optimises Eq. 10,
 ``(1 - C) * L_e + C * penalty``, the penalty built with ``create_graph=True`` so that its own
 gradient reaches the trained weights.
+
+A step runs only what the trained weights change (sss/editors/ft_forward.py): the frozen blocks
+below run once per edit, and the LM head only where the loss reads it.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from ..data.tokenize import context_length
 from ..losses import edit_loss
 from ..models import layout_of, mlp_out_path, num_blocks, second_order_attention
 from .base import Editor, EditorConfig, WeightEditHandle, register_editor, snapshot
+from .ft_forward import step_forward
 
 logger = logging.getLogger(__name__)
 
@@ -166,17 +170,15 @@ class FTL(Editor):
         history = []
         with _train_only(model, trained), torch.enable_grad():
             optimizer = torch.optim.Adam(trained, lr=config.lr, weight_decay=config.weight_decay)
+            # The frozen part runs once here; each step runs only what the trained weights change.
+            forward = step_forward(model, batch, config.objective, regularizer, min(config.layers))
             steps = tqdm(range(config.steps), desc="FT-L", disable=not self.progress, leave=False)
             for step in steps:
                 optimizer.zero_grad(set_to_none=True)
                 # SSS differentiates a gradient: attention must use kernels with a double backward.
                 with second_order_attention(model) if regularizer is not None else contextlib.nullcontext():
-                    if regularizer is None:
-                        logits = model(**batch.model_inputs).logits
-                        penalty = None
-                    else:
-                        logits, _, penalty = regularizer.loss_and_penalty(model, batch)
-                edit = edit_loss(logits, batch, config.objective).mean()
+                    logits, loss_batch, penalty = forward()
+                edit = edit_loss(logits, loss_batch, config.objective).mean()
                 record = {"step": step, "edit_loss": edit.item()}
                 if penalty is not None:
                     record["penalty"] = penalty.item()

@@ -8,19 +8,25 @@ A request expands into probes of four families:
   and, reported separately, its own answer (``token_acc``, ``exact_match``);
 * ``portability``: each portability probe, expecting its answer.
 
-:func:`observe` runs all of a request's probes through the model together (one teacher-forced
-pass over every pair, one ``generate`` over every prompt, split only at ``batch_size`` rows), and
+:func:`observe_many` runs all probes of many requests through the model together (one
+length-bucketed teacher-forced pass over every pair; greedy continuations read off that pass
+where it is exact, :mod:`sss.eval.greedy`, generated elsewhere), :func:`observe` one request; and
 :func:`score` turns two observations (edited, and the cached unedited one) into metric values.
 Keeping the two apart is what lets the protocols compute the unedited observations once.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 from ..data import EditRequest
+from ..data.tokenize import EncodingCache, encodings_for
+from .greedy import greedy_from_teacher_forcing
 from .metrics import TeacherForced, agreement, exact_match, greedy_continuations, mean, prob_margin, \
-    teacher_forced, token_acc
+    teacher_forced_with_gaps, token_acc
+
+logger = logging.getLogger(__name__)
 
 FAMILIES = ("reliability", "generality", "locality", "portability")
 
@@ -65,23 +71,50 @@ class Observation:
     generations: Optional[List[str]]
 
 
-def observe(model, tokenizer, request: EditRequest, *, generate: bool = True, batch_size: int = 32
-            ) -> Observation:
+def observe(model, tokenizer, request: EditRequest, *, generate: bool = True, batch_size: int = 32,
+            cache: Optional[EncodingCache] = None, shortcut: bool = True) -> Observation:
     """Run every probe of ``request`` through ``model``: teacher forcing, then greedy generation."""
-    probes = probes_of(request)
-    pairs = [(p.prompt, p.answer) for p in probes]
+    return observe_many(model, tokenizer, [request], generate=generate, batch_size=batch_size, cache=cache,
+                        shortcut=shortcut)[0]
+
+
+def observe_many(model, tokenizer, requests: Sequence[EditRequest], *, generate: bool = True, batch_size: int = 32,
+                 cache: Optional[EncodingCache] = None, shortcut: bool = True) -> List[Observation]:
+    """:func:`observe` for many requests on one model state, in one length-bucketed pass.
+
+    Every probe (and rival answer) of every request goes into one :func:`teacher_forced` call,
+    which sorts the rows by length into batches of at most ``batch_size``; the observations are
+    those of :func:`observe` request by request, up to float rounding of other batch shapes.
+    ``shortcut``: read greedy continuations off the teacher-forced pass where that is exact
+    (:mod:`sss.eval.greedy`); False always calls ``generate``. ``cache``: token ids shared
+    across calls (an :class:`sss.data.tokenize.EncodingCache` of ``tokenizer``).
+    """
+    cache = encodings_for(tokenizer, cache)
+    per_request = [probes_of(request) for request in requests]
+    probes = [probe for probes in per_request for probe in probes]
     rival_rows = [i for i, p in enumerate(probes) if p.rival is not None]
-    pairs += [(probes[i].prompt, probes[i].rival) for i in rival_rows]
-    scored = teacher_forced(model, tokenizer, pairs, batch_size=batch_size)
+    pairs = [(p.prompt, p.answer) for p in probes] + [(probes[i].prompt, probes[i].rival) for i in rival_rows]
+    scored, gaps = teacher_forced_with_gaps(model, tokenizer, pairs, batch_size=batch_size, cache=cache,
+                                            gaps=generate and shortcut)
     answers = scored[:len(probes)]
     rivals: List[Optional[TeacherForced]] = [None] * len(probes)
     for i, result in zip(rival_rows, scored[len(probes):]):
         rivals[i] = result
-    generations = None
-    if generate:
+    generations: Optional[List[str]] = None
+    if generate and shortcut:
+        generations, counts = greedy_from_teacher_forcing(model, tokenizer, [p.prompt for p in probes], answers,
+                                                          gaps[:len(probes)], batch_size=batch_size, cache=cache)
+        logger.debug("greedy continuations: %s", counts)
+    elif generate:
         generations = greedy_continuations(model, tokenizer, [p.prompt for p in probes],
-                                           [len(a.labels) for a in answers], batch_size=batch_size)
-    return Observation(probes, answers, rivals, generations)
+                                           [len(a.labels) for a in answers], batch_size=batch_size, cache=cache)
+    observations, start = [], 0
+    for request_probes in per_request:
+        stop = start + len(request_probes)
+        observations.append(Observation(request_probes, answers[start:stop], rivals[start:stop],
+                                        None if generations is None else generations[start:stop]))
+        start = stop
+    return observations
 
 
 def score(observed: Observation, unedited: Optional[Observation] = None) -> List[Dict[str, float]]:

@@ -33,8 +33,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from ..data import PairBatch, encode_pairs, encode_prompts
-from ..data.tokenize import context_length
+from ..data import PairBatch, encode_pairs
+from ..data.tokenize import EncodingCache, context_length, encodings_for, pad_left
 from ..losses import target_log_probs
 
 PROTOCOLS = {
@@ -71,20 +71,30 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.no_grad()
-def teacher_forced(model, tokenizer, pairs: Sequence[Tuple[str, str]], *, batch_size: int = 32
-                   ) -> List[TeacherForced]:
+def teacher_forced(model, tokenizer, pairs: Sequence[Tuple[str, str]], *, batch_size: int = 32,
+                   cache: Optional[EncodingCache] = None) -> List[TeacherForced]:
     """Score ``(prompt, target)`` pairs in right-padded batches of at most ``batch_size`` rows.
 
-    The pairs are tokenized once; rows of similar length share a forward pass (see
-    :func:`length_buckets`), so short probes are not padded to the longest one.
+    The pairs are tokenized once (``cache`` shares the ids across calls); rows of similar length
+    share a forward pass (see :func:`length_buckets`), so short probes are not padded to the
+    longest one.
     """
+    return teacher_forced_with_gaps(model, tokenizer, pairs, batch_size=batch_size, cache=cache, gaps=False)[0]
+
+
+@torch.no_grad()
+def teacher_forced_with_gaps(model, tokenizer, pairs: Sequence[Tuple[str, str]], *, batch_size: int = 32,
+                             cache: Optional[EncodingCache] = None, gaps: bool = True
+                             ) -> Tuple[List[TeacherForced], List[Optional[Tuple[float, ...]]]]:
+    """:func:`teacher_forced`, and per pair the gap between the two largest logits at each target
+    position (how far each argmax is from a tie; None for every pair when ``gaps`` is False)."""
     _check_batch_size(batch_size)
     if not pairs:
-        return []
+        return [], []
     device, limit = model_device(model), context_length(tokenizer, model)
-    encoded = encode_pairs(tokenizer, [p for p, _ in pairs], [t for _, t in pairs], max_length=limit)
+    encoded = encode_pairs(tokenizer, [p for p, _ in pairs], [t for _, t in pairs], max_length=limit, cache=cache)
     results: List[Optional[TeacherForced]] = [None] * len(pairs)
+    margins: List[Optional[Tuple[float, ...]]] = [None] * len(pairs)
     for rows in length_buckets((encoded.prompt_lengths + encoded.target_lengths).tolist(), batch_size):
         batch = _rows_of_pairs(encoded, rows).to(device)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -97,16 +107,22 @@ def teacher_forced(model, tokenizer, pairs: Sequence[Tuple[str, str]], *, batch_
         predicted = logits[:, :-1].argmax(-1)  # position t's token is predicted at t-1
         mask, labels = batch.target_mask[:, 1:], batch.labels[:, 1:]
         means = log_probs.sum(-1) / batch.target_lengths.to(log_probs.dtype)
+        if gaps:
+            top2 = logits[:, :-1][mask].topk(2, dim=-1).values.float()  # [target tokens of the bucket, 2]
+            row_gaps = (top2[:, 0] - top2[:, 1]).tolist()
+            offset = 0
         for i, row in enumerate(rows):
             keep = mask[i]
             results[row] = TeacherForced(tuple(predicted[i][keep].tolist()), tuple(labels[i][keep].tolist()),
                                          float(means[i]))
-    return results
+            if gaps:
+                n = len(results[row].labels)
+                margins[row], offset = tuple(row_gaps[offset:offset + n]), offset + n
+    return results, margins
 
 
-@torch.no_grad()
 def greedy_continuations(model, tokenizer, prompts: Sequence[str], lengths: Sequence[int], *,
-                         batch_size: int = 32) -> List[str]:
+                         batch_size: int = 32, cache: Optional[EncodingCache] = None) -> List[str]:
     """Greedy continuation of each prompt, ``lengths[i]`` tokens long, decoded.
 
     Prompts are padded on the left so every row's last column is its last prompt token; rows of
@@ -114,17 +130,37 @@ def greedy_continuations(model, tokenizer, prompts: Sequence[str], lengths: Sequ
     row keeps its own first ``lengths[i]`` new tokens (a row that emitted EOS early keeps what it
     produced).
     """
-    _check_batch_size(batch_size)
     if len(prompts) != len(lengths):
         raise ValueError(f"got {len(prompts)} prompts but {len(lengths)} lengths")
-    if any(n < 1 for n in lengths):
-        raise ValueError("every continuation needs at least one token")
     if not prompts:
         return []
+    cache = encodings_for(tokenizer, cache)
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"prompt[{i}] is empty" if isinstance(prompt, str)
+                             else f"prompt[{i}] must be a string, got {type(prompt).__name__}")
+    tokens = greedy_tokens(model, tokenizer, [cache.prompt_ids(p) for p in prompts], lengths, batch_size=batch_size)
+    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in tokens]
+
+
+@torch.no_grad()
+def greedy_tokens(model, tokenizer, sequences: Sequence[Sequence[int]], lengths: Sequence[int], *,
+                  batch_size: int = 32) -> List[List[int]]:
+    """The first ``lengths[i]`` tokens that greedy ``generate`` appends to each id sequence."""
+    _check_batch_size(batch_size)
+    if len(sequences) != len(lengths):
+        raise ValueError(f"got {len(sequences)} sequences but {len(lengths)} lengths")
+    if any(n < 1 for n in lengths):
+        raise ValueError("every continuation needs at least one token")
+    if not sequences:
+        return []
     device, limit = model_device(model), context_length(tokenizer, model)
-    encoded = encode_prompts(tokenizer, prompts, max_length=limit)
+    for i, ids in enumerate(sequences):
+        if limit is not None and len(ids) > limit:
+            raise ValueError(f"prompt[{i}] is {len(ids)} tokens, longer than the model's context of {limit} tokens")
+    encoded = pad_left(tokenizer, sequences)
     prompt_lengths = encoded.attention_mask.sum(-1)
-    texts: List[Optional[str]] = [None] * len(prompts)
+    tokens: List[Optional[List[int]]] = [None] * len(sequences)
     for rows in length_buckets((prompt_lengths + torch.tensor(list(lengths))).tolist(), batch_size):
         width = int(prompt_lengths[rows].max())
         # Left padding: the rows' real tokens all sit in the last `width` columns.
@@ -135,8 +171,8 @@ def greedy_continuations(model, tokenizer, prompts: Sequence[str], lengths: Sequ
                                 do_sample=False)
         new_tokens = output[:, width:]
         for i, (row, size) in enumerate(zip(rows, sizes)):
-            texts[row] = tokenizer.decode(new_tokens[i, :size].tolist(), skip_special_tokens=True)
-    return texts
+            tokens[row] = new_tokens[i, :size].tolist()
+    return tokens
 
 
 # A forward pass has a fixed cost; in padded token slots it is worth about this many (a guess

@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..data import EditRequest, as_request_list
-from .measure import Observation, family_means, observe, score
+from ..data.tokenize import EncodingCache
+from .measure import Observation, family_means, observe_many, score
 from .results import EvalResults, summarise
 
 logger = logging.getLogger(__name__)
@@ -102,27 +103,35 @@ class _Run:
         self.editor, self.requests = editor, requests
         self.eval_batch_size, self.generate, self.seed, self.progress = eval_batch_size, generate, seed, progress
         self.cache = unedited_cache
+        self.encodings = EncodingCache(editor.tokenizer)  # each string tokenized once per evaluate() call
         self.unedited: Dict[int, Observation] = {}
         self.post: Dict[int, Observation] = {}
         self.immediate: Dict[int, Observation] = {}
 
-    def _observe(self, index: int) -> Observation:
-        return observe(self.editor.model, self.editor.tokenizer, self.requests[index], generate=self.generate,
-                       batch_size=self.eval_batch_size)
+    def _observe(self, indices: Sequence[int]) -> Dict[int, Observation]:
+        """The requests at ``indices`` on the model as it is now, all in one batched pass."""
+        observed = observe_many(self.editor.model, self.editor.tokenizer, [self.requests[i] for i in indices],
+                                generate=self.generate, batch_size=self.eval_batch_size, cache=self.encodings)
+        return dict(zip(indices, observed))
 
     def _bar(self, items, desc):
         return tqdm(items, desc=desc, disable=not self.progress, leave=False)
 
     def observe_unedited(self, indices: List[int]) -> None:
+        """Unedited observations: from ``unedited_cache`` where present, the rest in one batched pass."""
         model_key = id(self.editor.model)
-        for i in self._bar(indices, "unedited"):
-            key = (model_key, self.requests[i])
-            cached = self.cache.get(key) if self.cache is not None else None
+        missing = []
+        for i in indices:
+            cached = self.cache.get((model_key, self.requests[i])) if self.cache is not None else None
             if cached is None or (self.generate and cached.generations is None):
-                cached = self._observe(i)
-                if self.cache is not None:
-                    self.cache[key] = cached
-            self.unedited[i] = cached
+                missing.append(i)
+            else:
+                self.unedited[i] = cached
+        if missing:
+            logger.info("observing the unedited model on %d requests", len(missing))
+            self.unedited.update(self._observe(missing))
+            if self.cache is not None:
+                self.cache.update({(model_key, self.requests[i]): self.unedited[i] for i in missing})
 
     def _edit(self, group_index: int, group: List[int]):
         with _seeded(self.seed + group_index, self.editor):
@@ -133,8 +142,7 @@ class _Run:
         for group_index, group in self._bar(groups, f"{mode} edits"):
             handle = self._edit(group_index, group)
             try:
-                for i in group:
-                    self.post[i] = self._observe(i)
+                self.post.update(self._observe(group))
             finally:
                 handle.restore()
 
@@ -145,13 +153,11 @@ class _Run:
             for group_index, group in enumerate(self._bar(groups, "sequential edits")):
                 handles.append(self._edit(group_index, group))
                 if measure_each:
-                    for i in group:
-                        self.immediate[i] = self._observe(i)
+                    self.immediate.update(self._observe(group))
                 n = group_index + 1
                 if n in checkpoints and n < len(groups):
                     curve.append(self._checkpoint(groups[:n]))
-            for i in self._bar(range(len(self.requests)), "measuring after the last edit"):
-                self.post[i] = self._observe(i)
+            self.post.update(self._observe(range(len(self.requests))))
         finally:
             for handle in reversed(handles):
                 handle.restore()
@@ -159,9 +165,9 @@ class _Run:
 
     def _checkpoint(self, groups: List[List[int]]) -> dict:
         indices = [i for group in groups for i in group]
-        records = []
+        records, observed = [], self._observe(indices)
         for i in indices:
-            values = score(self._observe(i), self.unedited[i])
+            values = score(observed[i], self.unedited[i])
             records.append({"post": family_means(self.unedited[i].probes, values)})
         return {"edits": len(groups), "requests": len(indices), "summary": summarise(records, ("post",))}
 

@@ -52,20 +52,26 @@ Files (``out_dir``; only rank 0 writes)
   ``rng.safetensors`` (every rank's torch RNG) and ``loop.json`` (step, episodes consumed,
   early-stopping state), written after every validation and at the end. With
   ``resume=True`` a new run continues from it exactly; the log is cut back to that step.
+* ``progress.json`` — the step of the last ``latest/``, so that a lost ``latest/`` is noticed.
+Every file is written atomically and each checkpoint folder carries ``manifest.json`` (each file's
+size and SHA-256, written last), verified whenever it is read. A missing or damaged ``latest/``
+stops a rerun with an error naming the file; ``resume=False`` starts again from step 0 and moves
+the earlier files to ``previous-N/`` (see :mod:`sss.train.run_folder`; docs/guarantees.md).
 Nothing is pickled.
 
 Modules: ``config`` (TrainConfig, Episode, the Trainable protocol), ``episodes`` (which requests
 each episode holds), ``checkpoint`` (the files, and reading an editor's checkpoint back),
-``collective`` (what ranks share), ``loop`` (the loop). The command ``sss train EDITOR`` is
+``collective`` (what ranks share), ``run_folder`` (resume, start afresh, or stop), ``loop`` (the loop). The command ``sss train EDITOR`` is
 :mod:`sss.cli.train`.
 """
-from .checkpoint import (CONFIG_FILE, LOG_FILE, WEIGHTS_FILE, checkpoint_editor, read_checkpoint,
+from .checkpoint import (CONFIG_FILE, LOG_FILE, WEIGHTS_FILE, checkpoint_editor, load_tensors, read_checkpoint,
                          read_editor_checkpoint, refuse_mismatches, resolve_checkpoint, shape_mismatches, shapes,
-                         write_checkpoint)
+                         verify_checkpoint, write_checkpoint)
 from .config import Episode, Trainable, TrainConfig, TrainResult
 from .episodes import EpisodeStream
 from .loop import train
+from .run_folder import checkpoint_to_resume
 
 __all__ = ["CONFIG_FILE", "LOG_FILE", "WEIGHTS_FILE", "Episode", "EpisodeStream", "Trainable", "TrainConfig",
-           "TrainResult", "checkpoint_editor", "read_checkpoint", "read_editor_checkpoint", "refuse_mismatches",
-           "resolve_checkpoint", "shape_mismatches", "shapes", "train", "write_checkpoint"]
+           "TrainResult", "checkpoint_editor", "checkpoint_to_resume", "load_tensors", "read_checkpoint", "read_editor_checkpoint", "refuse_mismatches",
+           "resolve_checkpoint", "shape_mismatches", "shapes", "train", "verify_checkpoint", "write_checkpoint"]

@@ -1,4 +1,10 @@
-"""Checkpoint folders: safetensors for tensors, JSON for everything else, written atomically; no pickle.
+"""Checkpoint folders: safetensors for tensors, JSON for everything else, a manifest; no pickle.
+
+A folder is staged beside its destination (every file written atomically by :mod:`sss.files`,
+``manifest.json`` with each file's size and SHA-256 last) and renamed into place, so a reader
+(or a run killed mid-write) never sees half a checkpoint. Reading verifies the manifest first:
+a missing, truncated or altered file is a ``ValueError`` naming it and what differs, never a
+raw ``SafetensorError`` or a silently wrong tensor.
 
 Also the two things every reader of a checkpoint needs: which folder a user meant (a training
 run's folder stands for its ``best/``) and a report of how saved tensors differ from the ones
@@ -14,35 +20,37 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..files import MANIFEST, read_json, save_safetensors_atomic, verify_manifest, write_manifest, write_text_atomic
+
 LOG_FILE = "train_log.jsonl"
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
 
 
 def write_checkpoint(path: Union[str, Path], tensors: Dict[str, torch.Tensor], config: dict,
-                     extra_files: Optional[Dict[str, Union[dict, Dict[str, torch.Tensor]]]] = None) -> Path:
+                     extra_files: Optional[Dict[str, Union[dict, Dict[str, torch.Tensor]]]] = None,
+                     manifest_extra: Optional[dict] = None) -> Path:
     """Write ``weights.safetensors`` + ``config.json`` (and any ``extra_files``) into folder ``path``.
 
-    The folder is written beside its destination and renamed into place, so a reader (or a run
-    killed mid-write) never sees half a checkpoint. ``extra_files`` maps file names to a dict of
-    tensors (``.safetensors``) or a JSON-serialisable dict (``.json``).
+    ``extra_files`` maps file names to a dict of tensors (``.safetensors``) or a
+    JSON-serialisable dict (``.json``). ``manifest_extra`` (JSON) is stored in the manifest
+    (e.g. a fingerprint of the base weights).
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
+    files = {WEIGHTS_FILE: tensors, CONFIG_FILE: config, **(extra_files or {})}
+    for name in files:
+        if not name.endswith((".safetensors", ".json")) or name == MANIFEST:
+            raise ValueError(f"checkpoint file {name!r} must end in .safetensors or .json (and not be {MANIFEST})")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(path.name + ".writing")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    save_file(_cpu_contiguous(tensors), str(staging / WEIGHTS_FILE))
-    (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=json_default))
-    for name, content in (extra_files or {}).items():
+    for name, content in files.items():
         if name.endswith(".safetensors"):
-            save_file(_cpu_contiguous(content), str(staging / name))
-        elif name.endswith(".json"):
-            (staging / name).write_text(json.dumps(content, indent=2, default=json_default))
+            save_safetensors_atomic(content, staging / name)
         else:
-            raise ValueError(f"extra checkpoint file {name!r} must end in .safetensors or .json")
+            write_text_atomic(staging / name, json.dumps(content, indent=2, default=json_default) + "\n")
+    write_manifest(staging, sorted(files), manifest_extra)  # last: a folder without it is unfinished
     old = path.with_name(path.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():
@@ -52,28 +60,61 @@ def write_checkpoint(path: Union[str, Path], tensors: Dict[str, torch.Tensor], c
     return path
 
 
-def read_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], dict]:
-    """``(tensors, config)`` of a folder written by :func:`write_checkpoint`."""
+def verify_checkpoint(path: Union[str, Path], recover: Optional[str] = None) -> Path:
+    """The checkpoint folder ``path`` names (its ``.old`` twin after an interrupted swap), verified.
+
+    Every file its manifest lists must be present with the recorded size and SHA-256; otherwise
+    a ``ValueError`` names the file and what differs, followed by ``recover`` (how to get a good
+    copy). Reads no tensor.
+    """
+    requested = Path(path)
+    path = existing_checkpoint(requested)
+    if not path.is_dir():
+        raise ValueError(f"checkpoint folder {requested} does not exist" if not path.exists()
+                         else f"checkpoint {requested} is a file, not a folder")
+    if not (path / MANIFEST).is_file():
+        for name in (WEIGHTS_FILE, CONFIG_FILE):
+            if not (path / name).is_file():
+                raise ValueError(f"{path} is not an sss checkpoint: it has no {name}")
+    try:
+        verify_manifest(path, recover)
+    except ValueError as error:
+        if recover and recover not in str(error):  # a malformed manifest is reported without the hint
+            raise ValueError(f"{error}. {recover}") from error
+        raise
+    return path
+
+
+def read_checkpoint(path: Union[str, Path], recover: Optional[str] = None) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """``(tensors, config)`` of a folder written by :func:`write_checkpoint`, verified first."""
+    path = verify_checkpoint(path, recover)
+    config = read_json(path / CONFIG_FILE)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path / CONFIG_FILE} holds a {type(config).__name__}, not a JSON object")
+    return load_tensors(path / WEIGHTS_FILE), config
+
+
+def load_tensors(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file``, with a damaged or missing file a ``ValueError`` naming it."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = existing_checkpoint(Path(path))
-    for name in (WEIGHTS_FILE, CONFIG_FILE):
-        if not (path / name).is_file():
-            raise ValueError(f"{path} is not an sss checkpoint: it has no {name}")
-    return load_file(str(path / WEIGHTS_FILE)), json.loads((path / CONFIG_FILE).read_text())
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise ValueError(f"{path} is not a readable safetensors file ({error}): it is damaged or was not "
+                         "written by safetensors") from error
 
 
 def existing_checkpoint(path: Path) -> Path:
     """``path``, or the ``.old`` folder a run killed between the two renames of write_checkpoint leaves."""
-    # A run killed between the two renames of write_checkpoint leaves only the ".old" folder.
     old = path.with_name(path.name + ".old")
     if not path.exists() and old.exists():
         return old
     return path
-
-
-def _cpu_contiguous(tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
 
 def json_default(value):
@@ -102,10 +143,8 @@ def optimizer_files(optimizer: torch.optim.Optimizer) -> Dict[str, dict]:
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    meta = json.loads((folder / "optimizer.json").read_text())
+    tensors = load_tensors(folder / "optimizer.safetensors")
+    meta = read_json(folder / "optimizer.json")
     state: Dict[int, dict] = {}
     for key, value in list(tensors.items()) + list(meta["scalars"].items()):
         index, name = key.split(".", 1)
@@ -129,8 +168,11 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> List[str
 def resolve_checkpoint(path: Union[str, Path]) -> Path:
     """The checkpoint folder ``path`` names: itself, or a training run's ``best/`` when ``path`` is a run."""
     path = Path(path)
-    if not (existing_checkpoint(path) / WEIGHTS_FILE).exists() and \
-            (existing_checkpoint(path / "best") / WEIGHTS_FILE).exists():
+
+    def looks_like_checkpoint(folder: Path) -> bool:  # even a damaged one, so that its damage is reported
+        return any((folder / name).exists() for name in (WEIGHTS_FILE, CONFIG_FILE, MANIFEST))
+
+    if not looks_like_checkpoint(existing_checkpoint(path)) and existing_checkpoint(path / "best").is_dir():
         return path / "best"
     return path
 
@@ -150,10 +192,13 @@ def checkpoint_editor(path: Union[str, Path]) -> str:
     """The registered name of the editor a checkpoint holds (reads only its JSON)."""
     folder = existing_checkpoint(resolve_checkpoint(path))
     config_path = folder / CONFIG_FILE
+    if not Path(path).exists():
+        raise ValueError(f"checkpoint folder {path} does not exist")
     if not config_path.is_file():
         raise ValueError(f"{path} is not an sss checkpoint: it has no {CONFIG_FILE} (nor best/{CONFIG_FILE})")
-    saved = json.loads(config_path.read_text())
-    name = saved.get("trainable", saved).get("editor")
+    saved = read_json(config_path)
+    inner = saved.get("trainable", saved) if isinstance(saved, dict) else None
+    name = inner.get("editor") if isinstance(inner, dict) else None
     if not isinstance(name, str):
         raise ValueError(f"{config_path} does not say which editor it holds (no 'editor' key)")
     return name

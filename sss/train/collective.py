@@ -44,9 +44,9 @@ def all_gather(tensor: torch.Tensor) -> List[torch.Tensor]:
 
 
 def set_rng_states(folder: Path) -> None:
-    from safetensors.torch import load_file
+    from .checkpoint import load_tensors
 
-    states = load_file(str(folder / "rng.safetensors"))
+    states = load_tensors(folder / "rng.safetensors")
     r = distributed.rank()
     if f"cpu.rank{r}" not in states:
         logger.warning("the checkpoint holds no RNG state for rank %d (another world size?); reseeding", r)

@@ -15,11 +15,13 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..data import EditRequest
-from .checkpoint import (LOG_FILE, config_differences, existing_checkpoint, json_default, load_optimizer,
-                         optimizer_files, read_checkpoint, write_checkpoint)
+from ..files import append_jsonl, read_json, read_jsonl, write_text_atomic
+from .checkpoint import (LOG_FILE, config_differences, json_default, load_optimizer, optimizer_files,
+                         read_checkpoint, write_checkpoint)
 from .collective import all_reduce_sum, rng_states, set_rng_states
 from .config import Episode, Trainable, TrainConfig, TrainResult
 from .episodes import EpisodeStream
+from .run_folder import LOOP_FILE, checkpoint_to_resume, record_latest, recovery_hint, set_aside_earlier_run
 
 logger = logging.getLogger("sss.train")
 
@@ -174,8 +176,7 @@ class _Trainer:
 
     def _log(self, record: dict) -> None:
         if self.main and self.out is not None:
-            with open(self.out / LOG_FILE, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            append_jsonl(self.out / LOG_FILE, record)  # whole line or none; a torn tail is cut first
 
     def _checkpoint_config(self, metrics: Optional[dict]) -> dict:
         return {"trainable": self.trainable.checkpoint_config(), "train": self.config.to_dict(),
@@ -195,14 +196,17 @@ class _Trainer:
         loop = {"step": self.step, "episodes_consumed": self.step * self.config.episodes_per_step,
                 "best_loss": None if math.isinf(self.best_loss) else self.best_loss, "best_step": self.best_step,
                 "best_metrics": self.best_metrics, "bad_validations": self.bad_validations, "world_size": self.world}
-        files = optimizer_files(self.optimizer) | {"rng.safetensors": rng, "loop.json": loop}
+        files = optimizer_files(self.optimizer) | {"rng.safetensors": rng, LOOP_FILE: loop}
         write_checkpoint(self.out / "latest", self.trainable.state_dict(), self._checkpoint_config(None), files)
+        record_latest(self.out, self.step)  # from now on a missing latest/ is an error, not a fresh start
 
     def _resume(self) -> bool:
-        folder = existing_checkpoint(self.out / "latest") if self.out is not None else None
-        if folder is None or not (folder / "loop.json").is_file():
+        """Continue from a verified ``latest/``; False to start at step 0 (see :mod:`.run_folder`)."""
+        folder = checkpoint_to_resume(self.out, self.config.resume) if self.out is not None else None
+        if folder is None:
             return False
-        tensors, saved = read_checkpoint(folder)
+        hint = recovery_hint(self.out)
+        tensors, saved = read_checkpoint(folder, hint)
         problems = config_differences(saved["trainable"], json.loads(json.dumps(
             self.trainable.checkpoint_config(), default=json_default)))
         train_now = {k: v for k, v in self.config.to_dict().items() if k not in _RESUMABLE_CHANGES}
@@ -213,13 +217,16 @@ class _Trainer:
                              "(use another out_dir or resume=False):\n  " + "\n  ".join(problems))
         self.trainable.load_state_dict(tensors)
         load_optimizer(self.optimizer, folder)
-        loop = json.loads((folder / "loop.json").read_text())
+        loop = read_json(folder / LOOP_FILE)
         self.step = loop["step"]
         self.best_loss = math.inf if loop["best_loss"] is None else loop["best_loss"]
         self.best_step, self.best_metrics = loop["best_step"], loop["best_metrics"]
         self.bad_validations = loop["bad_validations"]
-        if self.best_step is not None and (self.out / "best").exists():
-            self.best_state, _ = read_checkpoint(self.out / "best")
+        if self.best_step is not None:
+            if not (self.out / "best").exists() and not (self.out / "best.old").exists():
+                raise ValueError(f"{self.out / 'best'} is missing, although {folder / LOOP_FILE} records the best "
+                                 f"state at step {self.best_step}. {hint}")
+            self.best_state, _ = read_checkpoint(self.out / "best", hint)
         set_rng_states(folder)
         if self.main:
             self._truncate_log(self.step)
@@ -230,9 +237,15 @@ class _Trainer:
     def _truncate_log(self, step: int) -> None:
         path = self.out / LOG_FILE
         if not path.exists():
+            logger.warning("%s is missing: the resumed run logs from step %d on", path, step)
             return
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+        try:
+            records = read_jsonl(path)  # a torn last line (a kill mid-append) is dropped with a warning
+        except ValueError as error:
+            raise ValueError(f"{error}. The checkpoint itself is fine: move {path} away to resume without the "
+                             "earlier log.") from error
+        kept = [record for record in records if record.get("step", 0) <= step]
+        write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in kept))
 
     # -- the run --------------------------------------------------------------------------------
 
@@ -244,8 +257,9 @@ class _Trainer:
         resumed = config.resume and self._resume()
         if not resumed:
             torch.manual_seed(config.seed + self.rank)
-            if self.out is not None and self.main and (self.out / LOG_FILE).exists():
-                (self.out / LOG_FILE).unlink()  # a fresh run starts a fresh log
+            if self.out is not None and self.main:
+                set_aside_earlier_run(self.out)  # a fresh run starts a fresh log; the old one is kept
+            distributed.barrier()
         stopped_early = False
         if self.val_episodes and config.val_at_start and self.step == 0:
             stopped_early = self._validation_round()

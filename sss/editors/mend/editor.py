@@ -24,7 +24,7 @@ from torch import nn
 
 from ...data import EditRequest, encode_pairs
 from ...data.tokenize import PairBatch, context_length
-from ...losses import regularizer_from_description, target_nll
+from ...losses import regularizer_from_description
 from ...models import is_conv1d, mlp_in_paths, mlp_out_path, num_blocks
 from ...train import read_editor_checkpoint, refuse_mismatches, shape_mismatches, shapes, write_checkpoint
 from ..base import Editor, OuterLossConfig, WeightEditHandle, register_editor, snapshot
@@ -136,15 +136,19 @@ class MEND(MENDTraining, Editor):
         return encode_pairs(self.tokenizer, list(prompts), list(targets), max_length=self._max_length,
                             device=self.device)
 
+    def _steps(self, batch: PairBatch, current: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """``η_l · Σ_t δ̃_t ũ_tᵀ`` for every edited weight; differentiable in the networks' parameters.
+
+        The sum over tokens is one matmul (:func:`factor_product`), and all weights that share a
+        transform are transformed in one pass (:meth:`MENDNetworks.transform_all`).
+        """
+        transformed = self.networks.transform_all(layer_factors(self.base_model, current, batch))
+        return {name: self.networks.edit_lr(name) * factor_product(u, delta, self.conv1d[name])
+                for name, (u, delta) in transformed.items()}
+
     def _new_weights(self, batch: PairBatch, current: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """``W − η·∇̃W`` for every edited weight; differentiable in the networks' parameters."""
-        factors = layer_factors(self.base_model, current, batch, lambda logits, b: target_nll(logits, b).mean())
-        new = {}
-        for name, (u, delta) in factors.items():
-            u_t, delta_t = self.networks.transform(name, u, delta)
-            pseudo_grad = factor_product(u_t, delta_t, self.conv1d[name])
-            new[name] = current[name] - self.networks.edit_lr(name) * pseudo_grad
-        return new
+        return {name: current[name] - step for name, step in self._steps(batch, current).items()}
 
     def _apply(self, requests: List[EditRequest]) -> WeightEditHandle:
         batch = self._encode([r.prompt for r in requests], [r.target_new for r in requests])
@@ -153,9 +157,9 @@ class MEND(MENDTraining, Editor):
         with eval_mode(self.networks):
             current = {name: params[name].detach() for name in self.weight_names}
             with torch.no_grad():
-                new = self._new_weights(batch, current)
-                for name, value in new.items():
-                    params[name].copy_(value)
+                # In place: the same ``W − step`` rounding as ``_new_weights``, without a new matrix.
+                for name, step in self._steps(batch, current).items():
+                    params[name].sub_(step)
         return WeightEditHandle(self.base_model, originals, requests, self.name,
                                 {"edited_weights": list(self.weight_names)})
 

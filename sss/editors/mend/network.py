@@ -15,7 +15,7 @@ holds them with the learned step size of every edited weight — everything MEND
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -101,7 +101,8 @@ class LowRankResidual(nn.Module):
         self.mode_shift = nn.Parameter(torch.zeros(n_modes, dim))
         self.relu = relu
 
-    def forward(self, x: torch.Tensor, mode: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mode: Union[int, torch.Tensor]) -> torch.Tensor:
+        """``mode``: one mode for all rows, or a [N] index tensor giving each row's mode."""
         x = x * self.mode_scale[mode] + self.mode_shift[mode]
         hidden = (x @ self.down.T) @ self.up.T + self.bias
         return x + (torch.relu(hidden) if self.relu else hidden)
@@ -120,7 +121,8 @@ class GradientTransform(nn.Module):
         self.layers = nn.ModuleList(LowRankResidual(width, self.rank, n_modes, relu=i < n_hidden)
                                     for i in range(n_hidden + 1))
 
-    def forward(self, u: torch.Tensor, delta: torch.Tensor, mode: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, u: torch.Tensor, delta: torch.Tensor, mode: Union[int, torch.Tensor]
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([u, delta], dim=-1)
         if self.norm is not None:
             if self.training:
@@ -162,6 +164,33 @@ class MENDNetworks(nn.Module):
     def transform(self, name: str, u: torch.Tensor, delta: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         key, mode = self.route[name]
         return self.transforms[key](u, delta, mode)
+
+    def transform_all(self, factors: Dict[str, Tuple[torch.Tensor, torch.Tensor]]
+                      ) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`transform` of every weight in ``factors``, one pass per shape.
+
+        The tokens of all weights that share a transform go through it as one matrix (each row
+        with its weight's mode), so each of the transform's matrices is read once per edit
+        instead of once per weight: at a few tokens per edit the transform is bound by reading
+        those matrices, not by arithmetic. Row by row the result is :meth:`transform`'s.
+        """
+        groups: Dict[str, List[str]] = {}
+        for name in factors:
+            groups.setdefault(self.route[name][0], []).append(name)
+        out = {}
+        for key, names in groups.items():
+            if len(names) == 1:
+                out[names[0]] = self.transform(names[0], *factors[names[0]])
+                continue
+            sizes = [factors[n][0].shape[0] for n in names]
+            device = factors[names[0]][0].device
+            modes = torch.cat([torch.full((size,), self.route[n][1], dtype=torch.long, device=device)
+                               for n, size in zip(names, sizes)])
+            u, delta = self.transforms[key](torch.cat([factors[n][0] for n in names]),
+                                            torch.cat([factors[n][1] for n in names]), modes)
+            for n, u_n, delta_n in zip(names, u.split(sizes), delta.split(sizes)):
+                out[n] = (u_n, delta_n)
+        return out
 
     def edit_lr(self, name: str) -> torch.Tensor:
         return self.edit_lrs[self.weight_names.index(name)]

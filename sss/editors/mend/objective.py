@@ -27,7 +27,7 @@ from ...eval.metrics import argmax_agreement, token_accuracy
 from ...losses import locality_kl, target_nll
 from ...models import second_order_attention
 from ...train import Episode, TrainConfig, TrainResult, train
-from .hooks import layer_factors
+from .hooks import frozen, layer_factors, target_tail
 
 
 class MENDTraining:
@@ -65,6 +65,7 @@ class MENDTraining:
                 out["pre_reliability"] = token_accuracy(self.base_model(**edit_batch.model_inputs).logits,
                                                           edit_batch).mean()
 
+        edit_batch_inputs = edit_batch.model_inputs
         with contextlib.nullcontext() if create_graph else torch.no_grad():
             new = self._new_weights(edit_batch, current)
 
@@ -78,13 +79,16 @@ class MENDTraining:
                 edit_logits, edit_nll, penalty = regularizer.loss_and_penalty(self.base_model, edit_batch, call,
                                                                               create_graph=create_graph)
                 out["penalty"] = penalty
-            else:
-                edit_logits = call(**edit_batch.model_inputs).logits
+            else:  # the LM head only where the targets are predicted (the SSS hook needs every position)
+                keep, edit_batch = target_tail(edit_batch)
+                edit_logits = call(**edit_batch_inputs, logits_to_keep=keep).logits
                 edit_nll = target_nll(edit_logits, edit_batch)
             nlls = [edit_nll]
             if rephrasings:
                 rephrase_batch = self._encode(*zip(*rephrasings))
-                rephrase_logits = call(**rephrase_batch.model_inputs).logits
+                keep, rephrase_tail = target_tail(rephrase_batch)
+                rephrase_logits = call(**rephrase_batch.model_inputs, logits_to_keep=keep).logits
+                rephrase_batch = rephrase_tail
                 nlls.append(target_nll(rephrase_logits, rephrase_batch))
             post_loc = call(**loc_batch.model_inputs).logits
             out["edit_loss"] = torch.cat(nlls).mean()
@@ -127,7 +131,7 @@ class MENDTraining:
         for start in range(0, len(requests), batch_size):
             chunk = requests[start:start + batch_size]
             batch = self._encode([r.prompt for r in chunk], [r.target_new for r in chunk])
-            factors = layer_factors(self.base_model, current, batch, lambda logits, b: target_nll(logits, b).mean())
+            factors = layer_factors(self.base_model, current, batch)
             for name, (u, delta) in factors.items():
                 key, _ = self.networks.route[name]
                 self.networks.transforms[key].norm.observe(torch.cat([u, delta], -1))
@@ -156,16 +160,3 @@ def eval_mode(module: nn.Module):
         yield
     finally:
         module.train(was_training)
-
-
-@contextlib.contextmanager
-def frozen(model: nn.Module):
-    """No base-model parameter requires grad while training (the outer backward skips them)."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)

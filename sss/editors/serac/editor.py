@@ -48,6 +48,12 @@ class MemoryEditHandle(EditHandle):
     def _undo(self) -> None:
         self.memory.remove(self.entry_ids)
 
+    def _release(self) -> None:
+        self.entry_ids = []  # rebound, not cleared: a session's merged handle may share the list
+
+    def _absorb(self, later: "MemoryEditHandle") -> None:
+        self.entry_ids = self.entry_ids + later.entry_ids
+
 
 class _Trained(nn.Module):
     """The modules SERAC trains, in one tree (what the training loop wraps; not the base model)."""
@@ -123,6 +129,10 @@ class SERAC(Editor):
         self._routed.threshold = self.config.threshold
         self._routed.separator = self.config.separator
         return self._routed
+
+    def undo_point(self):
+        """An interrupted edit puts the memory back as it was (entries, ids, cached keys)."""
+        return self.memory.restorer()
 
     def _apply(self, requests: List[EditRequest]) -> MemoryEditHandle:
         ids = self.memory.add(requests)

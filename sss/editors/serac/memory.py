@@ -94,6 +94,16 @@ class EditMemory:
             self._keys.pop(entry_id, None)
         self._stacked = None
 
+    def restorer(self):
+        """A function that puts the memory back as it is now (a shallow copy: entries are immutable
+        and cached keys are replaced, never changed in place)."""
+        saved = {name: (list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value)
+                 for name, value in self.__dict__.items()}
+
+        def restore() -> None:
+            self.__dict__.update(saved)
+        return restore
+
     def clear(self) -> None:
         self.remove(self.ids)
 

@@ -1,0 +1,122 @@
+"""FT-L edit speed: sss's cached step against the straightforward loop, and what SSS costs.
+
+One process, one thread. SmolLM2-135M, block 10, 25 steps (early_stop_loss=-1 so all run),
+lr 5e-4, radius 5e-4, ``prompt_last``, each of 10 CounterFact requests edited alone. The
+reference below is the loop written out plainly: a full forward over prompt and target at every
+step, the full LM head, Adam, the clamp. Both sides edit the same requests with the same
+hyper-parameters, interleaved, repeated; each figure is the median of the repeats. The final
+weights of the two sides are compared so that a fast wrong result cannot pass.
+
+Then the cost of SSS on the optimised path: a step with ``SSSRegularizer(target="last_hidden")``
+and with ``target="input_embeds"`` (which must run the full model at every step: the penalty
+differentiates through every block) against a plain step, timed as the same edits of
+``--sss-steps`` steps each. Prints ``RESULT <name> ratio=<x>`` lines (optimised / reference).
+
+    OMP_NUM_THREADS=1 python benchmarks/ftl_speed.py [--repeats 5] [--requests 10]
+"""
+import argparse
+import contextlib
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from sss import FTL, SSSRegularizer, load_model
+from sss.data import encode_pairs, load_data
+from sss.losses import edit_loss
+from sss.models import mlp_out_path, second_order_attention
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact" / "counterfact-val.json"
+BLOCK, STEPS, LR, RADIUS = 10, 25, 5e-4, 5e-4
+
+
+def reference_edit(model, tokenizer, request, steps=STEPS, regularizer=None):
+    """The straightforward FT-L loop; returns the trained weight and puts the original back."""
+    batch = encode_pairs(tokenizer, [request.prompt], [request.target_new])
+    weight = model.get_submodule(mlp_out_path(model, BLOCK)).weight
+    original = weight.detach().clone()
+    optimizer = torch.optim.Adam([weight], lr=LR)
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        with second_order_attention(model) if regularizer else contextlib.nullcontext():
+            if regularizer is None:
+                logits, penalty = model(**batch.model_inputs).logits, None
+            else:
+                logits, _, penalty = regularizer.loss_and_penalty(model, batch)
+        loss = edit_loss(logits, batch, "prompt_last").mean()
+        (loss if penalty is None else regularizer.combine(loss, penalty)).backward()
+        optimizer.step()
+        with torch.no_grad():
+            weight.copy_(torch.clamp(weight, original - RADIUS, original + RADIUS))
+    trained = weight.detach().clone()
+    with torch.no_grad():
+        weight.copy_(original)
+    return trained
+
+
+def sss_edit(model, tokenizer, request, steps, regularizer=None):
+    editor = FTL(model, tokenizer, layers=(BLOCK,), norm_constraint=RADIUS, lr=LR, steps=steps,
+                 early_stop_loss=-1.0, regularizer=regularizer, progress=False)
+    name = mlp_out_path(model, BLOCK) + ".weight"
+    with editor.edit(request):
+        return model.get_parameter(name).detach().clone()
+
+
+def timed(function, requests):
+    start = time.perf_counter()
+    results = [function(request) for request in requests]
+    return time.perf_counter() - start, results
+
+
+def interleave(sides, requests, repeats):
+    """Median seconds per side over ``repeats`` rounds, the sides alternating within a round."""
+    times = {name: [] for name in sides}
+    results = {}
+    for _ in range(repeats):
+        for name, function in sides.items():
+            seconds, results[name] = timed(function, requests)
+            times[name].append(seconds)
+    return {name: statistics.median(values) for name, values in times.items()}, results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=10)
+    parser.add_argument("--sss-steps", type=int, default=5, help="steps per edit when timing the SSS steps")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model, tokenizer = load_model("smollm2-135m")
+    for p in model.parameters():  # the reference trains one weight; FTL sets its own flags
+        p.requires_grad_(False)
+    requests = load_data(str(DATA))[:args.requests]
+    print(f"smollm2-135m, block {BLOCK}, {STEPS} steps, lr {LR}, radius {RADIUS}, prompt_last, "
+          f"{len(requests)} CounterFact requests edited one at a time, {torch.get_num_threads()} thread, "
+          f"{args.repeats} interleaved repeats (medians)")
+
+    reference_edit(model, tokenizer, requests[0], steps=2)  # warm-up
+    sss_edit(model, tokenizer, requests[0], 2)
+    medians, results = interleave({
+        "reference": lambda r: reference_edit(model, tokenizer, r),
+        "sss": lambda r: sss_edit(model, tokenizer, r, STEPS),
+    }, requests, args.repeats)
+    worst = max((a - b).abs().max().item() for a, b in zip(results["sss"], results["reference"]))
+    print(f"FT-L edits, reference loop: {medians['reference']:.2f} s; sss: {medians['sss']:.2f} s; "
+          f"largest weight difference {worst:.2e}")
+    print(f"RESULT ftl_edit ratio={medians['sss'] / medians['reference']:.3f}")
+
+    steps = args.sss_steps
+    medians, _ = interleave({
+        "plain": lambda r: sss_edit(model, tokenizer, r, steps),
+        "last_hidden": lambda r: sss_edit(model, tokenizer, r, steps, SSSRegularizer(C=0.9)),
+        "input_embeds": lambda r: sss_edit(model, tokenizer, r, steps, SSSRegularizer(C=0.9, target="input_embeds")),
+    }, requests, args.repeats)
+    per_step = {name: value / (len(requests) * steps) * 1000 for name, value in medians.items()}
+    print("FT-L step (sss, ms): " + ", ".join(f"{name} {value:.1f}" for name, value in per_step.items()))
+    print(f"RESULT sss_last_hidden_step ratio={medians['last_hidden'] / medians['plain']:.3f}")
+    print(f"RESULT sss_input_embeds_step ratio={medians['input_embeds'] / medians['plain']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
