@@ -12,7 +12,7 @@ and with ``target="input_embeds"`` (which must run the full model at every step:
 differentiates through every block) against a plain step, timed as the same edits of
 ``--sss-steps`` steps each. Prints ``RESULT <name> ratio=<x>`` lines (optimised / reference).
 
-    OMP_NUM_THREADS=1 python benchmarks/ftl_speed.py [--repeats 5] [--requests 10]
+    OMP_NUM_THREADS=1 python benchmarks/ftl_speed.py [--repeats 5] [--requests 10] [--sss-requests 4]
 """
 import argparse
 import contextlib
@@ -85,11 +85,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--sss-steps", type=int, default=5, help="steps per edit when timing the SSS steps")
+    parser.add_argument("--sss-requests", type=int, default=4, help="requests edited when timing the SSS steps")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, tokenizer = load_model("smollm2-135m")
-    for p in model.parameters():  # the reference trains one weight; FTL sets its own flags
-        p.requires_grad_(False)
+    trained = model.get_submodule(mlp_out_path(model, BLOCK)).weight
+    for p in model.parameters():  # the reference trains one weight (FTL sets, and restores, its own flags)
+        p.requires_grad_(p is trained)
     requests = load_data(str(DATA))[:args.requests]
     print(f"smollm2-135m, block {BLOCK}, {STEPS} steps, lr {LR}, radius {RADIUS}, prompt_last, "
           f"{len(requests)} CounterFact requests edited one at a time, {torch.get_num_threads()} thread, "
@@ -101,9 +103,13 @@ def main():
         "reference": lambda r: reference_edit(model, tokenizer, r),
         "sss": lambda r: sss_edit(model, tokenizer, r, STEPS),
     }, requests, args.repeats)
-    worst = max((a - b).abs().max().item() for a, b in zip(results["sss"], results["reference"]))
+    original = trained.detach()
+    # Adam's first steps are close to lr * sign(gradient), so elements whose gradient is ~0 may
+    # move differently under float32 rounding; the delta as a whole is what must agree.
+    relative = max(((a - b).norm() / (b - original).norm()).item()
+                   for a, b in zip(results["sss"], results["reference"]))
     print(f"FT-L edits, reference loop: {medians['reference']:.2f} s; sss: {medians['sss']:.2f} s; "
-          f"largest weight difference {worst:.2e}")
+          f"largest relative difference of the weight deltas {relative:.1e}")
     print(f"RESULT ftl_edit ratio={medians['sss'] / medians['reference']:.3f}")
 
     steps = args.sss_steps
@@ -111,8 +117,8 @@ def main():
         "plain": lambda r: sss_edit(model, tokenizer, r, steps),
         "last_hidden": lambda r: sss_edit(model, tokenizer, r, steps, SSSRegularizer(C=0.9)),
         "input_embeds": lambda r: sss_edit(model, tokenizer, r, steps, SSSRegularizer(C=0.9, target="input_embeds")),
-    }, requests, args.repeats)
-    per_step = {name: value / (len(requests) * steps) * 1000 for name, value in medians.items()}
+    }, requests[:args.sss_requests], args.repeats)
+    per_step = {name: value / (min(len(requests), args.sss_requests) * steps) * 1000 for name, value in medians.items()}
     print("FT-L step (sss, ms): " + ", ".join(f"{name} {value:.1f}" for name, value in per_step.items()))
     print(f"RESULT sss_last_hidden_step ratio={medians['last_hidden'] / medians['plain']:.3f}")
     print(f"RESULT sss_input_embeds_step ratio={medians['input_embeds'] / medians['plain']:.3f}")

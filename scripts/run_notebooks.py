@@ -49,6 +49,7 @@ def execute(path: Path, timeout: int) -> float:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             nbformat.write(notebook, file)
+        os.chmod(temporary, path.stat().st_mode & 0o777)  # mkstemp makes it private; keep the notebook's mode
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)

@@ -4,15 +4,16 @@ Every case is ``(id, call, error type, substring)``; ``call(ctx)`` gets a contex
 tiny model and a temporary folder. Cases are checked at the API; CLI cases (exit code 2, one line,
 no traceback) sit beside them with the same shape.
 """
+import copy
 import json
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from sss import FTL, EditRequest, load_model
+from sss import FTL, MEND, EditRequest, load_model
 from sss.data import load_requests
-from sss.editors import editor_class
+from sss.editors import WeightEditHandle, editor_class
 from sss.files import read_json, read_jsonl, verify_manifest, weights_fingerprint
 
 PROMPT = "The capital of France is"
@@ -45,6 +46,41 @@ def write(ctx, name, text):
 
 def ftl(ctx, **options):
     return FTL(*ctx.tiny, progress=False, **options)
+
+
+def saved_edit(ctx):
+    """A saved FT-L edit of the shared model (which is restored at once)."""
+    editor = ftl(ctx, lr=5e-2, steps=1, norm_constraint=1.0, early_stop_loss=-1.0)
+    with editor.edit(EditRequest(PROMPT, "Rome")) as handle:
+        return handle.save(ctx.tmp / "edit")
+
+
+def damaged(path, flip):
+    data = bytearray(path.read_bytes())
+    if flip:
+        data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data if flip else data[:-7]))
+    return path
+
+
+def without_metadata(path):
+    path.with_suffix(".json").unlink()
+    return path
+
+
+def other_weights(ctx):
+    """A copy of the shared model with the same shapes and one MLP weight changed a little."""
+    other = copy.deepcopy(ctx.tiny[0])
+    with torch.no_grad():
+        other.get_parameter("transformer.h.0.mlp.c_proj.weight").add_(1e-3)
+    return other
+
+
+def mend_checkpoint(ctx):
+    editor = MEND(*ctx.tiny, rank=8, layers=(0,), progress=False)
+    editor.init_statistics([EditRequest(PROMPT, "Rome")])
+    editor.save(ctx.tmp / "mend")
+    return ctx.tmp / "mend"
 
 
 CASES = [
@@ -125,6 +161,17 @@ CASES = [
     ("files: no manifest", lambda c: verify_manifest(c.tmp), ValueError, "manifest.json is missing"),
     ("files: fingerprint of an absent tensor", lambda c: weights_fingerprint(c.tiny[0], ["lm_head.bias"]), ValueError,
      "no tensor named lm_head.bias"),
+    # --- saved edits and checkpoints loaded onto a model
+    ("edit file: a flipped byte", lambda c: WeightEditHandle.load(damaged(saved_edit(c), flip=True), c.tiny[0]),
+     ValueError, "edit.safetensors has SHA-256"),
+    ("edit file: truncated", lambda c: WeightEditHandle.load(damaged(saved_edit(c), flip=False), c.tiny[0]),
+     ValueError, "edit.safetensors has"),
+    ("edit file: metadata missing", lambda c: WeightEditHandle.load(without_metadata(saved_edit(c)), c.tiny[0]),
+     ValueError, "edit.json is missing"),
+    ("edit file: same shapes, other weights", lambda c: WeightEditHandle.load(saved_edit(c), other_weights(c)),
+     ValueError, "edit.safetensors (differing tensors: transformer.h.0.mlp.c_proj.weight)"),
+    ("mend checkpoint: same shapes, other weights", lambda c: MEND.load(mend_checkpoint(c), other_weights(c), c.tiny[1]),
+     ValueError, "mend was made for base weights with fingerprint"),
 ]
 
 if not torch.cuda.is_available():
@@ -148,3 +195,125 @@ def test_bad_input_is_refused_naming_the_culprit(call, error, message, tiny, tmp
 
 def test_the_table_is_large_enough():
     assert len(CASES) >= 40 and len({case[0] for case in CASES}) == len(CASES)
+
+
+# --- the command line: exit code 2, one line naming the culprit, no traceback, no model loaded
+from sss import cli  # noqa: E402
+from sss.train import write_checkpoint  # noqa: E402
+
+
+def damaged_checkpoint(ctx):
+    folder = write_checkpoint(ctx.tmp / "ck", {"w": torch.zeros(64)}, {"editor": "mend"})
+    data = bytearray((folder / "weights.safetensors").read_bytes())
+    data[-5] ^= 1
+    (folder / "weights.safetensors").write_bytes(bytes(data))
+    return folder
+
+
+def unsigned_checkpoint(ctx):
+    folder = write_checkpoint(ctx.tmp / "ck", {"w": torch.zeros(4)}, {"editor": "mend"})
+    (folder / "manifest.json").unlink()
+    return folder
+
+
+def lost_latest(ctx):
+    (ctx.tmp / "run").mkdir()
+    (ctx.tmp / "run" / "progress.json").write_text('{"format": "sss-train-progress/1", "latest_step": 2}')
+    return ctx.tmp / "run"
+
+
+def a_file(ctx, name="taken"):
+    return write(ctx, name, "x")
+
+
+EVAL = ["eval", "--model", "tiny-gpt2", "--data", "demo", "--no-progress"]
+TRAIN = ["train", "mend", "--model", "tiny-gpt2", "--train", "demo", "--no-progress"]
+
+CLI_CASES = [
+    ("cli: option not an integer", lambda c: EVAL + ["--option", "steps=abc", "--out", str(c.tmp / "o")],
+     "--option steps='abc': steps takes an integer, got str 'abc'"),
+    ("cli: option fractional", lambda c: EVAL + ["--option", "steps=2.5", "--out", str(c.tmp / "o")],
+     "--option steps=2.5: steps takes an integer, got float 2.5"),
+    ("cli: option list of floats", lambda c: EVAL + ["--option", "layers=[0.7]", "--out", str(c.tmp / "o")],
+     "--option layers=[0.7]: layers takes a list of integers or null"),
+    ("cli: option unknown", lambda c: EVAL + ["--option", "learning_rate=1", "--out", str(c.tmp / "o")],
+     "--option learning_rate: FT-L has no option 'learning_rate'"),
+    ("cli: option without value", lambda c: EVAL + ["--option", "steps", "--out", str(c.tmp / "o")],
+     "--option takes KEY=VALUE, got 'steps'"),
+    ("cli: train option wrong type", lambda c: TRAIN + ["--option", "rank=abc", "--out", str(c.tmp / "o")],
+     "--option rank='abc': rank takes an integer"),
+    ("cli: checkpoint missing", lambda c: EVAL + ["--checkpoint", str(c.tmp / "nothing"), "--out", str(c.tmp / "o")],
+     "nothing does not exist"),
+    ("cli: checkpoint damaged", lambda c: EVAL + ["--checkpoint", str(damaged_checkpoint(c)), "--out", str(c.tmp / "o")],
+     "weights.safetensors has SHA-256"),
+    ("cli: checkpoint without manifest", lambda c: EVAL + ["--checkpoint", str(unsigned_checkpoint(c)),
+                                                          "--out", str(c.tmp / "o")], "ck/manifest.json is missing"),
+    ("cli: mend without checkpoint", lambda c: EVAL + ["--editor", "mend", "--out", str(c.tmp / "o")],
+     "--editor mend needs --checkpoint DIR"),
+    ("cli: data path missing", lambda c: ["eval", "--model", "tiny-gpt2", "--data", str(c.tmp / "no-such-data"),
+                                          "--out", str(c.tmp / "o")], "no-such-data: no such file or folder"),
+    ("cli: train data missing", lambda c: ["train", "mend", "--train", str(c.tmp / "gone.json"),
+                                           "--out", str(c.tmp / "o")], "--train " + "{tmp}/gone.json: no such file"),
+    ("cli: out is a file", lambda c: EVAL + ["--out", str(a_file(c))], "taken is a file, not a folder"),
+    ("cli: out under a file", lambda c: EVAL + ["--out", str(a_file(c) / "sub")], "taken is a file, not a folder"),
+    ("cli: out unwritable", lambda c: EVAL + ["--out", "/proc/sss-cannot-write-here"],
+     "--out /proc/sss-cannot-write-here: cannot write there"),
+    ("cli: train out is a file", lambda c: TRAIN + ["--out", str(a_file(c))], "--out {tmp}/taken is a file"),
+    ("cli: train latest lost", lambda c: TRAIN + ["--out", str(lost_latest(c))],
+     "run/latest is missing, although"),
+    ("cli: device unknown", lambda c: EVAL + ["--device", "gpu", "--out", str(c.tmp / "o")],
+     "--device 'gpu' is not a device"),
+    ("cli: limit zero", lambda c: EVAL + ["--limit", "0"], "argument --limit: expected a positive integer, got '0'"),
+    ("cli: limit text", lambda c: EVAL + ["--limit", "ten"], "argument --limit: expected a positive integer, got 'ten'"),
+    ("cli: train max steps zero", lambda c: TRAIN + ["--max-steps", "0", "--out", str(c.tmp / "o")],
+     "argument --max-steps: expected a positive integer"),
+    ("cli: unknown editor", lambda c: EVAL + ["--editor", "rome", "--out", str(c.tmp / "o")], "unknown editor 'rome'"),
+    ("cli: bad sss target", lambda c: EVAL + ["--sss-target", "middle"], "block index, got 'middle'"),
+]
+if not torch.cuda.is_available():
+    CLI_CASES.append(("cli: cuda without a GPU", lambda c: EVAL + ["--device", "cuda", "--out", str(c.tmp / "o")],
+                      "--device cuda: CUDA is not available"))
+
+
+@pytest.mark.parametrize("argv, message", [case[1:] for case in CLI_CASES], ids=[case[0] for case in CLI_CASES])
+def test_bad_command_line_exits_2_with_one_line(argv, message, tmp_path, capsys, monkeypatch):
+    import sss.models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(sss.models, "load_model", no_model)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv(SimpleNamespace(tmp=tmp_path)))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert len(lines) == 1 and "error: " in lines[0], err
+    assert message.replace("{tmp}", str(tmp_path)) in lines[0]
+    assert not (tmp_path / "o").exists()  # a failed run leaves no output folder behind
+
+
+def test_a_failed_eval_removes_the_output_folder_it_created(tmp_path, capsys):
+    data = data_file(SimpleNamespace(tmp=tmp_path), [{"prompt": "p"}])  # passes the checks, fails to read
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["eval", "--model", "tiny-gpt2", "--data", str(data), "--out", str(tmp_path / "new" / "out")])
+    assert exit_.value.code == 2 and "matches no known format" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_damaged_file_through_the_cli_subprocess(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = damaged_checkpoint(SimpleNamespace(tmp=tmp_path))
+    done = subprocess.run([sys.executable, "-m", "sss", "eval", "--checkpoint", str(folder), "--out",
+                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "weights.safetensors has SHA-256" in done.stderr
+
+
+def test_the_command_line_table_is_large_enough():
+    assert len(CLI_CASES) >= 12 and len({case[0] for case in CLI_CASES}) == len(CLI_CASES)
+    assert len(CASES) + len(CLI_CASES) >= 40

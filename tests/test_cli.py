@@ -28,6 +28,12 @@ def counterfact_file(path: Path, n: int) -> Path:
     return path
 
 
+def report_named(folder: Path, stem: str) -> Path:
+    """The one report whose name is ``stem`` plus the run's hash."""
+    (found,) = [p for p in folder.glob("results_*.json") if p.name.rsplit("_", 1)[0] == stem]
+    return found
+
+
 def subparsers_of(parser):
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
 
@@ -70,8 +76,8 @@ def test_demo_smoke(tmp_path, capsys):
     table = (out / "table.md").read_text()
     assert "Reliability (token_acc)" in table and "Locality (agreement)" in table
     reports = sorted(p.name for p in out.glob("results_*.json"))
-    assert reports == ["results_ft-l.json", "results_ft-l_sss_c=0.9.json"]
-    with_sss = json.loads((out / "results_ft-l_sss_c=0.9.json").read_text())
+    assert [name.rsplit("_", 1)[0] for name in reports] == ["results_ft-l", "results_ft-l_sss_c=0.9"]
+    with_sss = json.loads(report_named(out, "results_ft-l_sss_c=0.9").read_text())
     assert with_sss["regularizer"]["C"] == 0.9 and len(with_sss["records"]) == 2
     assert with_sss["data"] == "demo" and with_sss["model"] == "tiny-gpt2"
     assert (out / "comparison.png").stat().st_size > 1000
@@ -84,17 +90,17 @@ def test_eval_sweep_and_sequential_figures(tmp_path, capsys):
                      "--checkpoints", "1", "--sss-c", "0.5", "0.9", "--baseline", "--option", "steps=2",
                      "--no-generate", "--out", str(out), "--no-progress"])
     assert code == 0
-    assert {p.name for p in out.iterdir()} == {
-        "results_ft-l.json", "results_ft-l_sss_c=0.5.json", "results_ft-l_sss_c=0.9.json", "table.md",
-        "comparison.png", "sequential.png", "c_sweep.png"}
-    report = json.loads((out / "results_ft-l_sss_c=0.5.json").read_text())
+    assert {p.name.rsplit("_", 1)[0] if p.name.startswith("results_") else p.name for p in out.iterdir()} == {
+        "results_ft-l", "results_ft-l_sss_c=0.5", "results_ft-l_sss_c=0.9", "table.md",
+        "comparison.png", "sequential.png", "c_sweep.png", ".sss-reports.lock"}
+    report = json.loads(report_named(out, "results_ft-l_sss_c=0.5").read_text())
     assert report["editor"]["config"]["steps"] == 2
     assert [point["edits"] for point in report["curve"]] == [1, 2]
     assert report["settings"]["generate"] is False
 
 
 def _records(folder: Path):
-    report = json.loads((folder / "results_ft-l.json").read_text())
+    report = json.loads(report_named(folder, "results_ft-l").read_text())
     return sorted(report["records"], key=lambda r: r["index"]), report
 
 
@@ -129,3 +135,26 @@ def test_sss_target_takes_a_name_or_a_block_index(capsys):
     with pytest.raises(SystemExit):
         target("middle")
     assert "block index, got 'middle'" in capsys.readouterr().err
+
+
+def test_runs_sharing_an_out_folder_keep_every_report_and_the_table_shows_them_all(tmp_path):
+    """Two concurrent `sss eval` runs (seeds 0 and 1), then one with SSS, all into one --out."""
+    out = tmp_path / "shared"
+    args = ["-m", "sss", "eval", "--model", "tiny-gpt2", "--data", "demo", "--limit", "2", "--option", "steps=2",
+            "--no-generate", "--no-progress", "--device", "cpu", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    runs = [subprocess.Popen([sys.executable, *args, "--seed", seed], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for seed in ("0", "1")]
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err[-3000:]
+    reports = [json.loads(p.read_text()) for p in sorted(out.glob("results_*.json"))]
+    assert sorted(r["seed"] for r in reports) == [0, 1]
+    table = (out / "table.md").read_text()
+    assert "| Metric | Unedited | FT-L [seed=0] | FT-L [seed=1] |" in table
+    assert cli.main(["eval", "--model", "tiny-gpt2", "--data", "demo", "--limit", "2", "--option", "steps=2",
+                     "--no-generate", "--no-progress", "--sss-c", "0.9", "--out", str(out)]) == 0
+    assert len(list(out.glob("results_*.json"))) == 3
+    table = (out / "table.md").read_text()
+    assert table.count("2 requests · mode single") == 1  # the same requests: one table, a column per report
+    assert "FT-L [seed=0] | FT-L [seed=1] | FT-L w/ SSS (C=0.9) |" in table

@@ -121,3 +121,82 @@ def test_a_completed_edit_still_changes_the_model(tiny_gpt2):
     handle = FTL(model, tokenizer, **FAST).edit(REQUEST)
     changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
     assert changed and set(changed) == set(handle.originals)
+
+
+# ----------------------------------------------------------------------------------------------
+# MEND and SERAC: the generic transaction of Editor.edit
+
+
+IN_PLACE_WRITES = ("copy_", "sub_", "add_")  # however MEND writes the new weights
+
+
+def patch_in_place_writes(monkeypatch, wrap):
+    for method in IN_PLACE_WRITES:
+        monkeypatch.setattr(torch.Tensor, method, wrap(getattr(torch.Tensor, method)))
+
+
+def writes_of_one_edit(editor, request, monkeypatch):
+    """How many in-place tensor writes one edit makes (the points where it may be interrupted)."""
+    wrap, calls = fail_on_call(0, None)  # never fails: only counts
+    patch_in_place_writes(monkeypatch, wrap)
+    handle = editor.edit(request)
+    monkeypatch.undo()
+    handle.restore()
+    return calls["n"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_an_interrupted_mend_edit_leaves_the_model_as_it_was(tiny_gpt2, monkeypatch, seed, error):
+    from sss import MEND
+
+    model, tokenizer = tiny_gpt2
+    editor = MEND(model, tokenizer, rank=8, init_edit_lr=1e-1, progress=False)
+    editor.init_statistics([REQUEST, EditRequest("The capital of Spain is", "Paris")])
+    writes = writes_of_one_edit(editor, REQUEST, monkeypatch)
+    assert writes >= len(editor.weight_names) >= 2
+    # A random write after the first one, so that some weights were already overwritten.
+    k = random.Random(seed).randint(writes - len(editor.weight_names) + 2, writes)
+    wrap, calls = fail_on_call(k, error("injected"))
+    patch_in_place_writes(monkeypatch, wrap)
+    before = full_state(model)
+    with pytest.raises(error, match="injected"):
+        editor.edit(REQUEST)
+    monkeypatch.undo()
+    assert calls["n"] >= k
+    assert_unchanged(model, before)
+    with editor.edit(REQUEST) as handle:  # and the next edit is an ordinary one
+        assert handle.state == "applied"
+    assert_unchanged(model, before)
+
+
+def memory_state(editor):
+    memory = editor.memory
+    keys = memory.keys_for(editor.classifier)
+    return ([(e.id, e.text, e.request) for e in memory], memory._next_id, None if keys is None else keys.clone())
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("where", ["entry", "keys"])
+def test_an_interrupted_serac_edit_leaves_memory_and_models_as_they_were(tiny_gpt2, monkeypatch, seed, where):
+    from sss.editors.serac import memory as memory_module
+    from test_serac import BagOfWordsClassifier, serac
+
+    editor = serac(tiny_gpt2, BagOfWordsClassifier())
+    editor.edit([EditRequest("Danielle Darrieux speaks", "English")])  # a memory with something in it
+    requests = [EditRequest(f"Fact {i} is", f"value {i}") for i in range(4)]
+    k = random.Random(seed).randint(2, len(requests))
+    wrap, calls = fail_on_call(k if where == "entry" else 1, KeyboardInterrupt("injected"))
+    if where == "entry":  # half of the batch is already appended when it fails
+        monkeypatch.setattr(memory_module, "edit_text", wrap(memory_module.edit_text))
+    else:  # every entry is appended, its key is being computed
+        monkeypatch.setattr(editor.classifier, "keys", wrap(editor.classifier.keys))
+    before, memory_before = full_state(editor.model), memory_state(editor)
+    with pytest.raises(KeyboardInterrupt):
+        editor.edit(requests)
+    monkeypatch.undo()
+    assert_unchanged(editor.model, before)
+    entries, next_id, keys = memory_state(editor)
+    assert (entries, next_id) == memory_before[:2] and torch.equal(keys, memory_before[2])
+    handle = editor.edit(requests)  # ids continue where they were: nothing of the failed edit remains
+    assert handle.entry_ids == list(range(next_id, next_id + len(requests)))

@@ -28,8 +28,15 @@ COMMANDS: Dict[str, str] = {
 __all__ = ["COMMANDS", "build_parser", "main", "parse_options"]
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported like every other bad input: one line, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="sss", description="Knowledge editing (FT-L, MEND, SERAC) with the SSS regularizer. Start with "
                                 "'sss demo'; each sub-command has its own --help.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -40,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command. Bad input (any ``ValueError``: a wrong option, a missing or damaged file)
+    is printed as ``sss COMMAND: error: ...`` and exits 2, without a traceback unless ``-v``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(getattr(args, "verbose", False))
@@ -49,6 +58,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if getattr(args, "verbose", False):
             raise
         parser.exit(2, f"sss {args.command}: error: {error}\n")
+    except KeyboardInterrupt:
+        if getattr(args, "verbose", False):
+            raise
+        parser.exit(130, f"sss {args.command}: interrupted\n")
 
 
 if __name__ == "__main__":

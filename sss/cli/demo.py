@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import eval as eval_command
+from .checks import positive_int
 from .options import DEFAULT_MODEL, add_device_option, add_model_option, add_output_options, add_sss_options
 
 # How many demo requests `sss demo` edits by default: FT-L with and without SSS on smollm2-135m
@@ -18,7 +19,7 @@ def add_command(subparsers) -> None:
                     f"reports, table.md and comparison.png. Takes under 10 minutes on 2 CPU cores with the "
                     f"default --limit {DEMO_LIMIT}.")
     add_model_option(parser)
-    parser.add_argument("--limit", type=int, default=DEMO_LIMIT,
+    parser.add_argument("--limit", type=positive_int, default=DEMO_LIMIT,
                         help="edit at most N demo requests (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed for each edit (default: %(default)s)")
     eval_command.add_measurement_options(parser, out="sss-results/demo")

@@ -10,12 +10,14 @@ and prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-import re
 import time
 from pathlib import Path
 from typing import List, Optional
 
+from .checks import (check_data, check_device, check_editor_options, loading_data, output_folder,
+                     positive_int)
 from .options import (add_data_options, add_device_option, add_editor_options, add_model_option, add_output_options,
                       add_sss_options, device_from_args, distributed_session, parse_options, regularizer_from_args)
 
@@ -27,8 +29,9 @@ DEFAULT_EDITOR = "ft-l"
 def add_measurement_options(parser: argparse.ArgumentParser, out: str) -> None:
     """What ``eval`` and ``demo`` share besides model and data: where to write, how to measure."""
     parser.add_argument("--out", type=Path, default=Path(out),
-                        help="folder for the JSON reports, table and figures (default: %(default)s)")
-    parser.add_argument("--eval-batch-size", type=int, default=32,
+                        help="folder for the JSON reports (one per run, never overwritten by another run), the "
+                             "table of every report in it, and figures (default: %(default)s)")
+    parser.add_argument("--eval-batch-size", type=positive_int, default=32,
                         help="most probe rows per forward pass when measuring (default: %(default)s)")
     parser.add_argument("--no-generate", dest="generate", action="store_false",
                         help="skip exact_match (greedy generation), the slowest metric")
@@ -58,11 +61,11 @@ def add_command(subparsers) -> None:
                         help="single: edit, measure, restore per request (the paper's default); batch: "
                              "--batch-size requests per edit; sequential: edits accumulate, all measured after the "
                              "last (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="requests per edit (batch mode: required; sequential: default 1)")
     parser.add_argument("--measure-each", action="store_true",
                         help="sequential: also measure each request right after its own edit")
-    parser.add_argument("--checkpoints", type=int, nargs="+", default=(), metavar="N",
+    parser.add_argument("--checkpoints", type=positive_int, nargs="+", default=(), metavar="N",
                         help="sequential: also summarise the first N edits after the N-th edit (e.g. 1 10 100), "
                              "drawn as sequential.png")
     parser.add_argument("--baseline", action="store_true", help="with --sss-c: also run the editor without SSS")
@@ -81,51 +84,58 @@ def run(args) -> int:
 
 def _run(args, distributed) -> int:
     from ..data import load_data
-    from ..eval import evaluate, report
+    from ..eval import evaluate, report, report_folder
     from ..models import load_model
 
     main = distributed.is_main()
     args.progress = args.progress and main  # one set of progress bars, not one per rank
-    out = Path(args.out)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    # Cheap checks first, so a typo fails before the model loads.
+    # Every check before the model loads, so a typo fails in a second, not after the load.
     options = parse_options(args.option)
     cls = editor_class_for(args)
-    requests = load_data(args.data, limit=args.limit, seed=args.seed, split=args.split)
-    model, tokenizer = load_model(args.model, device=device_from_args(args.device, distributed))
-    cache: dict = {}
-    runs = {}
-    for C in run_plan(args):
-        editor = build_editor(cls, args, model, tokenizer, regularizer_from_args(args, C), options)
-        results = evaluate(editor, requests, args.mode, batch_size=args.batch_size,
-                           eval_batch_size=args.eval_batch_size, generate=args.generate,
-                           measure_each=args.measure_each, checkpoints=list(args.checkpoints), seed=args.seed,
-                           progress=args.progress, unedited_cache=cache)
-        runs[C] = results
-        if main:
-            path = report.write_json(results, out / f"results_{slug(results)}.json", model=args.model, data=args.data)
-            logger.info("%s: wrote %s", results.label, path)
-    if not main:
-        return 0
+    check_editor_options(cls, options)
+    check_device(args.device)
+    check_data(args.data)
+    with output_folder(args.out) if main else contextlib.nullcontext(Path(args.out)) as out:
+        with loading_data(args.data):
+            requests = load_data(args.data, limit=args.limit, seed=args.seed, split=args.split)
+        model, tokenizer = load_model(args.model, device=device_from_args(args.device, distributed))
+        cache: dict = {}
+        runs = {}
+        for C in run_plan(args):
+            editor = build_editor(cls, args, model, tokenizer, regularizer_from_args(args, C), options)
+            results = evaluate(editor, requests, args.mode, batch_size=args.batch_size,
+                               eval_batch_size=args.eval_batch_size, generate=args.generate,
+                               measure_each=args.measure_each, checkpoints=list(args.checkpoints), seed=args.seed,
+                               progress=args.progress, unedited_cache=cache)
+            runs[C] = results
+            if main:
+                path = report_folder.write_run_report(out, results, model=args.model, data=args.data,
+                                                      extra=run_extra(args))
+                logger.info("%s: wrote %s", results.label, path)
+        if not main:
+            return 0
+        with report_folder.locked(out):  # other runs may share --out: the last summary shows every report
+            table_path, comparison = report_folder.write_summary(out)
     columns = {r.label: r for r in runs.values()}
-    table = report.markdown_table(columns, include_unedited=True)
-    details = report.category_rows(columns)
-    if details:
-        table += "\nBy probe category:\n\n" + report.markdown_table(columns, include_unedited=True, rows=details)
     title = f"{args.model} · {args.data} · {len(requests)} requests · mode {args.mode}\n\n"
-    (out / "table.md").write_text(title + table)
-    figures = [report.plot_comparison(columns, out / "comparison.png")]
+    table = report_folder.group_table(columns)
+    figures = [comparison]
     if args.mode == "sequential" and args.checkpoints:
         figures.append(report.plot_sequential(columns, out / "sequential.png"))
     swept = {C: r for C, r in runs.items() if C is not None}
     if len(swept) > 1:
         figures.append(report.plot_c_sweep(swept, out / "c_sweep.png"))
     print(title + table)
-    print(f"wrote {out}/table.md, {len(runs)} JSON report(s) and {', '.join(f.name for f in figures)} "
-          f"in {time.perf_counter() - started:.0f} s")
+    print(f"wrote {len(runs)} JSON report(s), {table_path} (every report in {out}) and "
+          f"{', '.join(f.name for f in figures)} in {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def run_extra(args) -> dict:
+    """What distinguishes a run besides its results' own settings (part of the report's file name)."""
+    return {"limit": args.limit, "split": args.split,
+            "checkpoint": None if args.checkpoint is None else str(Path(args.checkpoint).resolve())}
 
 
 def run_plan(args) -> List[Optional[float]]:
@@ -135,15 +145,13 @@ def run_plan(args) -> List[Optional[float]]:
     return ([None] if args.baseline else []) + list(dict.fromkeys(args.sss_c))
 
 
-def slug(results) -> str:
-    return re.sub(r"[^A-Za-z0-9.=-]+", "_", results.label.lower().replace("w/ ", "")).strip("_")
-
-
 def editor_class_for(args):
     """The editor class ``--editor`` names, else the one ``--checkpoint`` records, else FT-L."""
     from ..editors import editor_class
-    from ..train import checkpoint_editor
+    from ..train import checkpoint_editor, resolve_checkpoint, verify_checkpoint
 
+    if args.checkpoint is not None:
+        verify_checkpoint(resolve_checkpoint(args.checkpoint))  # missing or damaged: refused before any load
     if args.editor is None:
         args.editor = checkpoint_editor(args.checkpoint) if args.checkpoint is not None else DEFAULT_EDITOR
     cls = editor_class(args.editor)

@@ -12,6 +12,8 @@ import json
 import logging
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
+from .checks import check_device, positive_int
+
 DEFAULT_MODEL = "smollm2-135m"
 SSS_TARGETS = ("last_hidden", "input_embeds")
 
@@ -29,7 +31,7 @@ def add_data_options(parser: argparse.ArgumentParser, *, limit: Optional[int] = 
     """``--data``, ``--split``, ``--limit``, ``--seed`` (evaluation's view of a dataset)."""
     parser.add_argument("--data", default="demo", help=DATA_HELP + " (default: %(default)s)")
     parser.add_argument("--split", default=None, help="dataset split, for sources with several")
-    parser.add_argument("--limit", type=int, default=limit,
+    parser.add_argument("--limit", type=positive_int, default=limit,
                         help="evaluate at most N requests (a seeded subset where the reader supports it)" +
                              (" (default: %(default)s)" if limit else "; omitted: all"))
     parser.add_argument("--seed", type=int, default=0,
@@ -124,10 +126,8 @@ def device_from_args(name: str, distributed):
 
     if name == "auto":
         return distributed.device()
-    try:
-        return torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"--device {name!r} is not a device: {error}") from error
+    check_device(name)
+    return torch.device(name)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ trains on its share of each step's episodes, and rank 0 writes the checkpoints a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import logging
@@ -16,6 +17,7 @@ import random
 import time
 from pathlib import Path
 
+from .checks import check_data, check_device, check_editor_options, loading_data, output_folder, positive_int
 from .options import (DATA_HELP, add_device_option, add_editor_options, add_model_option, add_output_options,
                       add_sss_options, device_from_args, distributed_session, parse_options, parse_pairs,
                       regularizer_from_args)
@@ -45,17 +47,17 @@ def add_command(subparsers) -> None:
                         help="validation requests; omitted: a seeded --val-fraction of --train is held out")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="share of --train held out for validation when --val is omitted (default: %(default)s)")
-    parser.add_argument("--limit", type=int, default=None, help="use at most N training requests (seeded subset)")
-    parser.add_argument("--val-limit", type=int, default=None, help="use at most N validation requests")
+    parser.add_argument("--limit", type=positive_int, default=None, help="use at most N training requests (seeded subset)")
+    parser.add_argument("--val-limit", type=positive_int, default=None, help="use at most N validation requests")
     parser.add_argument("--out", type=Path, required=True,
                         help="folder for best/, latest/ and train_log.jsonl (reused to resume)")
     add_sss_options(parser, sweep=False)
     loop = parser.add_argument_group("training loop (sss.train.TrainConfig)")
-    loop.add_argument("--max-steps", type=int, default=defaults.max_steps,
+    loop.add_argument("--max-steps", type=positive_int, default=defaults.max_steps,
                       help="optimizer steps (default: %(default)s)")
-    loop.add_argument("--edit-batch-size", type=int, default=defaults.edit_batch_size,
+    loop.add_argument("--edit-batch-size", type=positive_int, default=defaults.edit_batch_size,
                       help="requests edited together in one episode (default: %(default)s)")
-    loop.add_argument("--episodes-per-step", type=int, default=defaults.episodes_per_step,
+    loop.add_argument("--episodes-per-step", type=positive_int, default=defaults.episodes_per_step,
                       help="episodes per optimizer step over all ranks: the global batch; each rank accumulates "
                            "gradients over its share (default: %(default)s)")
     loop.add_argument("--lr", action="append", default=[], metavar="GROUP=LR",
@@ -63,9 +65,9 @@ def add_command(subparsers) -> None:
                            "(MEND's groups: network, edit_lr); repeatable")
     loop.add_argument("--grad-clip", type=float, default=defaults.grad_clip,
                       help="clip the gradient norm (default: %(default)s)")
-    loop.add_argument("--val-every", type=int, default=defaults.val_every,
+    loop.add_argument("--val-every", type=positive_int, default=defaults.val_every,
                       help="validate (and save OUT/latest) every N steps (default: %(default)s)")
-    loop.add_argument("--val-episodes", type=int, default=defaults.val_episodes,
+    loop.add_argument("--val-episodes", type=positive_int, default=defaults.val_episodes,
                       help="validation episodes per validation (default: %(default)s)")
     loop.add_argument("--patience", type=int, default=defaults.patience,
                       help="stop after N validations without a better edit loss; 0: never (default: %(default)s)")
@@ -74,7 +76,8 @@ def add_command(subparsers) -> None:
                            "watches, e.g. edit_loss or loss (the whole objective) (default: %(default)s)")
     loop.add_argument("--seed", type=int, default=defaults.seed, help="seed (default: %(default)s)")
     loop.add_argument("--no-resume", dest="resume", action="store_false",
-                      help="start afresh even when OUT/latest exists")
+                      help="start again from step 0 even when OUT/latest exists; the earlier log and checkpoints "
+                           "are moved to OUT/previous-N/, never deleted (also the way out of a damaged OUT/latest)")
     add_editor_options(parser, example="--option rank=256 --option layers=[-1]")
     add_device_option(parser)
     add_output_options(parser)
@@ -90,35 +93,47 @@ def _run(args, distributed) -> int:
     from ..data import load_data
     from ..editors import editor_class
     from ..models import load_model
-    from ..train import TrainConfig
+    from ..train import TrainConfig, checkpoint_to_resume
 
+    # Every check before the model loads: options, loop settings, device, data, the run folder.
     cls = editor_class(args.editor)
     if not callable(getattr(cls, "fit", None)):
         raise ValueError(f"editor {args.editor!r} is not trainable (it has no fit method)")
     if not 0 < args.val_fraction < 1:
         raise ValueError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
-    started = time.perf_counter()
-    train_requests = list(load_data(args.train, limit=args.limit, seed=args.seed))
-    if args.val is not None:
-        val_requests = list(load_data(args.val, limit=args.val_limit, seed=args.seed))
-    else:
-        train_requests, val_requests = holdout(train_requests, args.val_fraction, args.seed)
-        if args.val_limit is not None:
-            val_requests = val_requests[:args.val_limit]
-    logger.info("%d training and %d validation requests", len(train_requests), len(val_requests))
-
-    model, tokenizer = load_model(args.model, device=device_from_args(args.device, distributed))
     options = parse_options(args.option)
-    if "model_name" in inspect.signature(cls.__init__).parameters:
-        options["model_name"] = args.model
-    editor = cls(model, tokenizer, regularizer=regularizer_from_args(args, args.sss_c), progress=args.progress,
-                 **options)
+    check_editor_options(cls, options)
     config = TrainConfig(edit_batch_size=args.edit_batch_size, episodes_per_step=args.episodes_per_step,
                          max_steps=args.max_steps, lr=parse_lrs(args.lr), grad_clip=args.grad_clip,
                          val_every=args.val_every, val_episodes=args.val_episodes,
                          patience=args.patience or None, early_stop_key=args.early_stop_key, seed=args.seed,
                          out_dir=str(args.out), resume=args.resume, progress=args.progress)
-    result = editor.fit(train_requests, val_requests, config)
+    check_device(args.device)
+    for flag, source in (("--train", args.train), ("--val", args.val)):
+        if source is not None:
+            check_data(source, flag)
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file, not a folder")
+    checkpoint_to_resume(args.out, args.resume)  # a damaged OUT/latest stops here, naming the file
+    started = time.perf_counter()
+    with output_folder(args.out) if distributed.is_main() else contextlib.nullcontext(args.out):
+        with loading_data(args.train, "--train"):
+            train_requests = list(load_data(args.train, limit=args.limit, seed=args.seed))
+        if args.val is not None:
+            with loading_data(args.val, "--val"):
+                val_requests = list(load_data(args.val, limit=args.val_limit, seed=args.seed))
+        else:
+            train_requests, val_requests = holdout(train_requests, args.val_fraction, args.seed)
+            if args.val_limit is not None:
+                val_requests = val_requests[:args.val_limit]
+        logger.info("%d training and %d validation requests", len(train_requests), len(val_requests))
+
+        model, tokenizer = load_model(args.model, device=device_from_args(args.device, distributed))
+        if "model_name" in inspect.signature(cls.__init__).parameters:
+            options["model_name"] = args.model
+        editor = cls(model, tokenizer, regularizer=regularizer_from_args(args, args.sss_c), progress=args.progress,
+                     **options)
+        result = editor.fit(train_requests, val_requests, config)
     if distributed.is_main():
         summary = {"steps": result.steps, "best_step": result.best_step, "stopped_early": result.stopped_early,
                    "best_metrics": result.best_metrics, "best_checkpoint": str(Path(args.out) / "best"),

@@ -115,6 +115,7 @@ class EditHandle(ABC):
         return self.state in (RESTORED, VOID)
 
     def _require_applied(self, action: str) -> None:
+        stack_of(self.model).settle()  # a dropped later handle may block this one
         if self.state == APPLIED:
             return
         reasons = {

@@ -5,9 +5,10 @@ keeps (a Hugging Face causal LM, or SERAC's wrapper that behaves like one):
 
 * :func:`teacher_forced` feeds ``prompt + " " + target`` (right padded, :func:`sss.data.encode_pairs`)
   and returns, for every target token, the argmax prediction and the log-probability of the
-  label (:func:`sss.losses.target_log_probs`); target positions are known by position, never by
-  comparing ids with the pad id (many models pad with EOS).
-* :func:`greedy_continuations` generates, from left-padded prompts (:func:`sss.data.encode_prompts`),
+  label (the LM head and log-softmax run only where a target token is predicted); target
+  positions are known by position, never by comparing ids with the pad id (many models pad
+  with EOS).
+* :func:`greedy_continuations` generates, from left-padded prompts (:func:`sss.data.tokenize.pad_left`),
   as many tokens as each target has and decodes them.
 
 The metric functions then turn those raw outputs into numbers in [0, 1]:
@@ -28,6 +29,9 @@ The metric functions then turn those raw outputs into numbers in [0, 1]:
 """
 from __future__ import annotations
 
+import inspect
+import math
+import sys
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -35,7 +39,6 @@ import torch
 
 from ..data import PairBatch, encode_pairs
 from ..data.tokenize import EncodingCache, context_length, encodings_for, pad_left
-from ..losses import target_log_probs
 
 PROTOCOLS = {
     "token_acc": "teacher-forced token accuracy (EasyEdit): prompt + ' ' + target is fed whole; at every "
@@ -95,30 +98,57 @@ def teacher_forced_with_gaps(model, tokenizer, pairs: Sequence[Tuple[str, str]],
     encoded = encode_pairs(tokenizer, [p for p, _ in pairs], [t for _, t in pairs], max_length=limit, cache=cache)
     results: List[Optional[TeacherForced]] = [None] * len(pairs)
     margins: List[Optional[Tuple[float, ...]]] = [None] * len(pairs)
+    selection = logits_selection(model)
     for rows in length_buckets((encoded.prompt_lengths + encoded.target_lengths).tolist(), batch_size):
         batch = _rows_of_pairs(encoded, rows).to(device)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        # Only positions from the shortest prompt's last token on can predict a target token:
-        # drop the columns before it (from the logits and the batch alike, so target_log_probs'
-        # shift by one still lines up) before the vocabulary-wide log-softmax.
-        start = int(batch.prompt_lengths.min()) - 1
-        logits, batch = logits[:, start:], _columns_from(batch, start)
-        log_probs = target_log_probs(logits, batch)  # [B, L-1], zero off the target
-        predicted = logits[:, :-1].argmax(-1)  # position t's token is predicted at t-1
-        mask, labels = batch.target_mask[:, 1:], batch.labels[:, 1:]
-        means = log_probs.sum(-1) / batch.target_lengths.to(log_probs.dtype)
+        scores = _predicting_logits(model, batch, selection)  # [target tokens of the bucket, V], row after row
+        mask = batch.target_mask[:, 1:]
+        labels = batch.labels[:, 1:][mask]
+        log_probs = torch.log_softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1)
+        picked = log_probs.gather(-1, labels[:, None])[:, 0].tolist()
+        predicted, labels = scores.argmax(-1).tolist(), labels.tolist()
+        row_gaps = None
         if gaps:
-            top2 = logits[:, :-1][mask].topk(2, dim=-1).values.float()  # [target tokens of the bucket, 2]
+            top2 = scores.topk(2, dim=-1).values.float()
             row_gaps = (top2[:, 0] - top2[:, 1]).tolist()
-            offset = 0
-        for i, row in enumerate(rows):
-            keep = mask[i]
-            results[row] = TeacherForced(tuple(predicted[i][keep].tolist()), tuple(labels[i][keep].tolist()),
-                                         float(means[i]))
-            if gaps:
-                n = len(results[row].labels)
-                margins[row], offset = tuple(row_gaps[offset:offset + n]), offset + n
+        offset = 0
+        for row, n in zip(rows, mask.sum(-1).tolist()):
+            span = slice(offset, offset + n)
+            results[row] = TeacherForced(tuple(predicted[span]), tuple(labels[span]), math.fsum(picked[span]) / n)
+            if row_gaps is not None:
+                margins[row] = tuple(row_gaps[span])
+            offset += n
     return results, margins
+
+
+def logits_selection(model) -> str:
+    """How much of the LM head ``model`` can skip: ``"mask"`` (logits at chosen positions of each
+    row: its module slices with transformers' ``slice_logits_to_keep``), ``"tail"`` (the last
+    positions only: an integer ``logits_to_keep``) or ``"all"`` (e.g. SERAC's wrapper)."""
+    from transformers import PreTrainedModel  # here: importing transformers is slow
+
+    if not isinstance(model, PreTrainedModel) or "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return "all"
+    module = sys.modules.get(type(model).__module__)
+    return "mask" if getattr(module, "slice_logits_to_keep", None) is not None else "tail"
+
+
+def _predicting_logits(model, batch: PairBatch, selection: str) -> torch.Tensor:
+    """Logits at the positions that predict a target token (position t's token is predicted at
+    t - 1), ``[target tokens, V]`` in row-major order; the LM head runs on no more than it must."""
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    predicting = torch.zeros_like(batch.target_mask)
+    predicting[:, :-1] = batch.target_mask[:, 1:]
+    if selection == "mask":
+        logits = model(**inputs, logits_to_keep=predicting).logits
+        if logits.shape[0] == int(predicting.sum()) and logits.dim() == 2:
+            return logits
+        raise RuntimeError(f"{type(model).__name__} ignored a boolean logits_to_keep (got {tuple(logits.shape)})")
+    # Only positions from the shortest prompt's last token on can predict a target token.
+    tail = batch.input_ids.shape[1] - (int(batch.prompt_lengths.min()) - 1)
+    if selection == "tail":
+        return model(**inputs, logits_to_keep=tail).logits[predicting[:, -tail:]]
+    return model(**inputs).logits[predicting]
 
 
 def greedy_continuations(model, tokenizer, prompts: Sequence[str], lengths: Sequence[int], *,
@@ -209,13 +239,6 @@ def _rows_of_pairs(batch: PairBatch, rows: List[int]) -> PairBatch:
     width = int((batch.prompt_lengths[rows] + batch.target_lengths[rows]).max())
     return PairBatch(**{name: value[rows] if value.dim() == 1 else value[rows, :width]
                         for name, value in vars(batch).items()})
-
-
-def _columns_from(batch: PairBatch, start: int) -> PairBatch:
-    """The batch from column ``start`` on (lengths count tokens, so they shrink with the prompt)."""
-    fields = {name: value[:, start:] if value.dim() == 2 else value for name, value in vars(batch).items()}
-    fields["prompt_lengths"] = batch.prompt_lengths - start
-    return PairBatch(**fields)
 
 
 def _check_batch_size(batch_size: int) -> None:

@@ -133,9 +133,9 @@ class _Run:
             if self.cache is not None:
                 self.cache.update({(model_key, self.requests[i]): self.unedited[i] for i in missing})
 
-    def _edit(self, group_index: int, group: List[int]):
+    def _edit(self, group_index: int, group: List[int], session=None):
         with _seeded(self.seed + group_index, self.editor):
-            return self.editor.edit([self.requests[i] for i in group])
+            return (session or self.editor).edit([self.requests[i] for i in group])
 
     def independent(self, groups: List[Tuple[int, List[int]]], mode: str) -> None:
         """``single`` / ``batch``: each edit is measured on its own and undone before the next."""
@@ -148,19 +148,18 @@ class _Run:
 
     def sequential(self, groups: List[List[int]], measure_each: bool, checkpoints: List[int]) -> List[dict]:
         """Edits accumulate; measure after the last (and optionally along the way); restore all."""
-        handles, curve = [], []
-        try:
+        curve = []
+        # One edit session: a single undo copy of each touched tensor however many edits stack;
+        # leaving the block, normally or by any exception, restores every edit bit for bit.
+        with self.editor.session() as session:
             for group_index, group in enumerate(self._bar(groups, "sequential edits")):
-                handles.append(self._edit(group_index, group))
+                self._edit(group_index, group, session)
                 if measure_each:
                     self.immediate.update(self._observe(group))
                 n = group_index + 1
                 if n in checkpoints and n < len(groups):
                     curve.append(self._checkpoint(groups[:n]))
             self.post.update(self._observe(range(len(self.requests))))
-        finally:
-            for handle in reversed(handles):
-                handle.restore()
         return curve
 
     def _checkpoint(self, groups: List[List[int]]) -> dict:

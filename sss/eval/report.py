@@ -2,7 +2,8 @@
 
 * :func:`report_dict` / :func:`write_json`: per-request records, the summary, the editor's and
   the regularizer's configuration, the seed, package versions and the definition of every
-  metric protocol (see ``JSON_KEYS``).
+  metric protocol (see ``JSON_KEYS``); written atomically. A folder of many runs' reports
+  (unique names, one summary of them all) is :mod:`sss.eval.report_folder`.
 * :func:`markdown_table`: editors as columns (each without and with SSS), rows reliability,
   generality, locality and portability, each row naming the metric it shows.
 * :func:`plot_sequential` (metric vs number of sequential edits), :func:`plot_c_sweep` (metric
@@ -18,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
+from ..files import read_json, write_text_atomic
 from .results import EvalResults
 
 # The keys every JSON report has (tests validate against this).
@@ -71,16 +73,24 @@ def report_dict(results: EvalResults, *, model: Optional[str] = None, data: Opti
 
 
 def write_json(results: EvalResults, path: Union[str, Path], **kwargs) -> Path:
-    """Write :func:`report_dict` to ``path`` (folders are created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report_dict(results, **kwargs), indent=2, ensure_ascii=False))
-    return path
+    """Write :func:`report_dict` to ``path`` atomically (folders are created).
+
+    To keep every run of a shared folder, name the file by the run:
+    :func:`sss.eval.report_folder.write_run_report`.
+    """
+    return write_report_dict(report_dict(results, **kwargs), path)
+
+
+def write_report_dict(report: dict, path: Union[str, Path]) -> Path:
+    """Write a :func:`report_dict` to ``path``: the old file or the new one, never half of one."""
+    return write_text_atomic(path, json.dumps(report, indent=2, ensure_ascii=False))
 
 
 def load_json(path: Union[str, Path]) -> EvalResults:
     """Read a report written by :func:`write_json` back into :class:`EvalResults` (for tables, plots)."""
-    report = json.loads(Path(path).read_text())
+    report = read_json(path)
+    if not isinstance(report, dict):
+        raise ValueError(f"{path} is not an sss evaluation report: it holds a {type(report).__name__}")
     missing = [key for key in JSON_KEYS if key not in report]
     if missing:
         raise ValueError(f"{path} is not an sss evaluation report: it lacks {', '.join(missing)}")

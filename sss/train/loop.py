@@ -1,4 +1,8 @@
-"""The training loop itself: steps, validation, early stopping, checkpoints, resume, DDP."""
+"""The training loop itself: steps, validation, early stopping, checkpoints, resume, DDP.
+
+A little over 300 lines: one class holds the loop's state, and steps, checkpoints and resume all
+read and write that state; what a run folder holds on a rerun is decided in :mod:`.run_folder`.
+"""
 from __future__ import annotations
 
 import contextlib

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ...data import EditRequest, encode_pairs
+from ...files import check_fingerprint, weights_fingerprint
 from ...data.tokenize import PairBatch, context_length
 from ...losses import regularizer_from_description
 from ...models import is_conv1d, mlp_in_paths, mlp_out_path, num_blocks
@@ -181,7 +182,9 @@ class MEND(MENDTraining, Editor):
             "format_version": FORMAT_VERSION,
             "model": {"name": self.model_name, "model_type": self.base_model.config.model_type,
                       "num_blocks": num_blocks(self.base_model),
-                      "edited_weights": {n: list(params[n].shape) for n in self.weight_names}},
+                      "edited_weights": {n: list(params[n].shape) for n in self.weight_names},
+                      # which base weights it was trained on: a same-shape model with others is refused
+                      "base_fingerprint": weights_fingerprint(self.base_model)},
             "config": self.config.to_dict(),
             "regularizer": None if self.regularizer is None else self.regularizer.describe(),
         }
@@ -211,6 +214,7 @@ class MEND(MENDTraining, Editor):
         problems += shape_mismatches(recorded["edited_weights"], shapes(dict(model.named_parameters())),
                                      complete=False)
         refuse_mismatches(problems, f"the MEND checkpoint {path} does not match this model")
+        check_fingerprint(recorded.get("base_fingerprint"), weights_fingerprint(model), f"the MEND checkpoint {path}")
         config_fields = dict(saved["config"])
         config_fields["layers"] = tuple(config_fields["layers"])
         config_fields["weights"] = tuple(config_fields["weights"])
