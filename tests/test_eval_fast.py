@@ -18,7 +18,8 @@ from sss.data.tokenize import EncodingCache
 from sss.editors import FTL
 from sss.eval import evaluate, greedy_continuations, observe, observe_many, probes_of, protocols
 from sss.eval.greedy import TIE_TOLERANCE, greedy_from_teacher_forcing, known_prefix, shortcut_applies
-from sss.eval.metrics import TeacherForced, teacher_forced_with_gaps
+from sss.eval.lm_head import shares_context
+from sss.eval.metrics import TeacherForced, teacher_forced, teacher_forced_with_gaps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -89,7 +90,8 @@ def test_lm_head_on_chosen_positions_only_changes_nothing(tiny_model, monkeypatc
     results = {}
     for selection in ("mask", "tail", "all"):
         monkeypatch.setattr(metrics, "logits_selection", lambda _model, s=selection: s)
-        results[selection] = metrics.teacher_forced_with_gaps(model, tok, pairs, batch_size=8)
+        scored = metrics.teacher_forced_with_gaps(model, tok, pairs, batch_size=8)
+        results[selection] = scored.results, scored.gaps
     for selection in ("mask", "tail"):
         for a, b in zip(results[selection][0], results["all"][0]):
             assert (a.predicted, a.labels) == (b.predicted, b.labels)
@@ -98,11 +100,30 @@ def test_lm_head_on_chosen_positions_only_changes_nothing(tiny_model, monkeypatc
             assert a == pytest.approx(b, abs=1e-5)
 
 
+def test_a_rival_scored_in_the_answers_row_equals_its_own_row(tiny_model):
+    model, tok = tiny_model
+    cache = EncodingCache(tok)
+    probes = [p for r in demo_requests() for p in probes_of(r) if p.rival is not None]
+    alternatives = [cache.target_ids(p.rival) for p in probes]
+    shared = [shares_context(cache.target_ids(p.answer), ids) for p, ids in zip(probes, alternatives)]
+    assert 0 < sum(shared) < len(probes)  # both kinds occur in the demo set
+    chosen = [p for p, ok in zip(probes, shared) if ok]
+    together = teacher_forced_with_gaps(model, tok, [(p.prompt, p.answer) for p in chosen], cache=cache,
+                                        alternatives=[cache.target_ids(p.rival) for p in chosen]).alternatives
+    alone = teacher_forced(model, tok, [(p.prompt, p.rival) for p in chosen], cache=cache)
+    for a, b in zip(together, alone):
+        assert (a.predicted, a.labels) == (b.predicted, b.labels)
+        assert a.mean_log_prob == pytest.approx(b.mean_log_prob, abs=LOG_PROB_TOLERANCE)
+    with pytest.raises(ValueError, match="needs its own row"):
+        teacher_forced_with_gaps(model, tok, [("The sky is", "blue")], alternatives=[[1, 2, 3]])
+
+
 def shortcut_vs_generate(model, tok):
     probes = [p for r in demo_requests() for p in probes_of(r)]
     prompts = [p.prompt for p in probes]
-    answers, gaps = teacher_forced_with_gaps(model, tok, [(p.prompt, p.answer) for p in probes])
-    fast, counts = greedy_from_teacher_forcing(model, tok, prompts, answers, gaps)
+    scored = teacher_forced_with_gaps(model, tok, [(p.prompt, p.answer) for p in probes])
+    answers = scored.results
+    fast, counts = greedy_from_teacher_forcing(model, tok, prompts, answers, scored.gaps)
     generated = greedy_continuations(model, tok, prompts, [len(a.labels) for a in answers])
     mismatches = [(p.prompt, f, g) for p, f, g in zip(probes, fast, generated) if f != g]
     return mismatches, counts, answers
@@ -167,8 +188,9 @@ def test_shortcut_is_off_where_generation_need_not_follow_teacher_forcing(tiny_g
     wrapped = Wrapper(model)
     assert not shortcut_applies(wrapped)
     probes = [p for r in demo_requests()[:3] for p in probes_of(r)]
-    answers, gaps = teacher_forced_with_gaps(wrapped, tok, [(p.prompt, p.answer) for p in probes])
-    texts, counts = greedy_from_teacher_forcing(wrapped, tok, [p.prompt for p in probes], answers, gaps)
+    scored = teacher_forced_with_gaps(wrapped, tok, [(p.prompt, p.answer) for p in probes])
+    answers = scored.results
+    texts, counts = greedy_from_teacher_forcing(wrapped, tok, [p.prompt for p in probes], answers, scored.gaps)
     assert counts == {"read": 0, "continued": 0, "generated": len(probes)}
     assert texts == greedy_continuations(model, tok, [p.prompt for p in probes], [len(a.labels) for a in answers])
 

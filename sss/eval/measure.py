@@ -25,6 +25,7 @@ from ..data.tokenize import EncodingCache, encodings_for
 from .greedy import greedy_from_teacher_forcing
 from .metrics import TeacherForced, agreement, exact_match, greedy_continuations, mean, prob_margin, \
     teacher_forced_with_gaps, token_acc
+from .lm_head import shares_context
 
 logger = logging.getLogger(__name__)
 
@@ -92,18 +93,27 @@ def observe_many(model, tokenizer, requests: Sequence[EditRequest], *, generate:
     cache = encodings_for(tokenizer, cache)
     per_request = [probes_of(request) for request in requests]
     probes = [probe for probes in per_request for probe in probes]
-    rival_rows = [i for i, p in enumerate(probes) if p.rival is not None]
-    pairs = [(p.prompt, p.answer) for p in probes] + [(probes[i].prompt, probes[i].rival) for i in rival_rows]
-    scored, gaps = teacher_forced_with_gaps(model, tokenizer, pairs, batch_size=batch_size, cache=cache,
-                                            gaps=generate and shortcut)
-    answers = scored[:len(probes)]
-    rivals: List[Optional[TeacherForced]] = [None] * len(probes)
-    for i, result in zip(rival_rows, scored[len(probes):]):
+    # A rival answer is scored in its probe's own row where the contexts coincide (a one-token
+    # rival: the prompt's last position gives its log-probability), else in a row of its own.
+    shared: Dict[int, List[int]] = {}
+    for i, probe in enumerate(probes):
+        if probe.rival is not None and probe.rival.strip() and probe.answer.strip():
+            ids = cache.target_ids(probe.rival)
+            if shares_context(cache.target_ids(probe.answer), ids):
+                shared[i] = ids
+    own_rows = [i for i, p in enumerate(probes) if p.rival is not None and i not in shared]
+    pairs = [(p.prompt, p.answer) for p in probes] + [(probes[i].prompt, probes[i].rival) for i in own_rows]
+    scored = teacher_forced_with_gaps(model, tokenizer, pairs, batch_size=batch_size, cache=cache,
+                                      gaps=generate and shortcut,
+                                      alternatives=[shared.get(i) for i in range(len(probes))] + [None] * len(own_rows))
+    answers = scored.results[:len(probes)]
+    rivals: List[Optional[TeacherForced]] = [scored.alternatives[i] for i in range(len(probes))]
+    for i, result in zip(own_rows, scored.results[len(probes):]):
         rivals[i] = result
     generations: Optional[List[str]] = None
     if generate and shortcut:
         generations, counts = greedy_from_teacher_forcing(model, tokenizer, [p.prompt for p in probes], answers,
-                                                          gaps[:len(probes)], batch_size=batch_size, cache=cache)
+                                                          scored.gaps[:len(probes)], batch_size=batch_size, cache=cache)
         logger.debug("greedy continuations: %s", counts)
     elif generate:
         generations = greedy_continuations(model, tokenizer, [p.prompt for p in probes],

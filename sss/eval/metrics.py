@@ -29,9 +29,7 @@ The metric functions then turn those raw outputs into numbers in [0, 1]:
 """
 from __future__ import annotations
 
-import inspect
 import math
-import sys
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -39,6 +37,7 @@ import torch
 
 from ..data import PairBatch, encode_pairs
 from ..data.tokenize import EncodingCache, context_length, encodings_for, pad_left
+from .lm_head import logits_selection, predicting_logits, shares_context
 
 PROTOCOLS = {
     "token_acc": "teacher-forced token accuracy (EasyEdit): prompt + ' ' + target is fed whole; at every "
@@ -82,26 +81,44 @@ def teacher_forced(model, tokenizer, pairs: Sequence[Tuple[str, str]], *, batch_
     share a forward pass (see :func:`length_buckets`), so short probes are not padded to the
     longest one.
     """
-    return teacher_forced_with_gaps(model, tokenizer, pairs, batch_size=batch_size, cache=cache, gaps=False)[0]
+    return teacher_forced_with_gaps(model, tokenizer, pairs, batch_size=batch_size, cache=cache, gaps=False).results
+
+
+@dataclass
+class TeacherForcedPass:
+    """What :func:`teacher_forced_with_gaps` returns, aligned with its pairs."""
+
+    results: List[TeacherForced]
+    gaps: List[Optional[Tuple[float, ...]]]  # top-1 minus top-2 logit at each target position
+    alternatives: List[Optional[TeacherForced]]  # the alternative targets scored in the pair's row
 
 
 @torch.no_grad()
 def teacher_forced_with_gaps(model, tokenizer, pairs: Sequence[Tuple[str, str]], *, batch_size: int = 32,
-                             cache: Optional[EncodingCache] = None, gaps: bool = True
-                             ) -> Tuple[List[TeacherForced], List[Optional[Tuple[float, ...]]]]:
-    """:func:`teacher_forced`, and per pair the gap between the two largest logits at each target
-    position (how far each argmax is from a tie; None for every pair when ``gaps`` is False)."""
+                             cache: Optional[EncodingCache] = None, gaps: bool = True,
+                             alternatives: Optional[Sequence[Optional[Sequence[int]]]] = None) -> TeacherForcedPass:
+    """:func:`teacher_forced`, plus per pair the gap between the two largest logits at each target
+    position (how far each argmax is from a tie; None for every pair when ``gaps`` is False).
+
+    ``alternatives[i]``: token ids of another target for pair i's prompt, scored in pair i's own
+    row (no extra row) — allowed only where :func:`shares_context` holds, e.g. a one-token rival
+    answer, whose log-probability the prompt's last position already gives.
+    """
     _check_batch_size(batch_size)
+    alternatives = list(alternatives) if alternatives is not None else [None] * len(pairs)
+    if len(alternatives) != len(pairs):
+        raise ValueError(f"got {len(alternatives)} alternatives for {len(pairs)} pairs")
     if not pairs:
-        return [], []
+        return TeacherForcedPass([], [], [])
     device, limit = model_device(model), context_length(tokenizer, model)
     encoded = encode_pairs(tokenizer, [p for p, _ in pairs], [t for _, t in pairs], max_length=limit, cache=cache)
     results: List[Optional[TeacherForced]] = [None] * len(pairs)
     margins: List[Optional[Tuple[float, ...]]] = [None] * len(pairs)
+    others: List[Optional[TeacherForced]] = [None] * len(pairs)
     selection = logits_selection(model)
     for rows in length_buckets((encoded.prompt_lengths + encoded.target_lengths).tolist(), batch_size):
         batch = _rows_of_pairs(encoded, rows).to(device)
-        scores = _predicting_logits(model, batch, selection)  # [target tokens of the bucket, V], row after row
+        scores = predicting_logits(model, batch, selection)  # [target tokens of the bucket, V], row after row
         mask = batch.target_mask[:, 1:]
         labels = batch.labels[:, 1:][mask]
         log_probs = torch.log_softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1)
@@ -117,38 +134,16 @@ def teacher_forced_with_gaps(model, tokenizer, pairs: Sequence[Tuple[str, str]],
             results[row] = TeacherForced(tuple(predicted[span]), tuple(labels[span]), math.fsum(picked[span]) / n)
             if row_gaps is not None:
                 margins[row] = tuple(row_gaps[span])
+            other = alternatives[row]
+            if other is not None:
+                if not shares_context(results[row].labels, other):
+                    raise ValueError(f"alternative target {list(other)} of pair {row} needs its own row")
+                positions = torch.arange(offset, offset + len(other), device=log_probs.device)
+                values = log_probs[positions, torch.tensor(list(other), device=log_probs.device)].tolist()
+                others[row] = TeacherForced(tuple(predicted[offset:offset + len(other)]), tuple(other),
+                                            math.fsum(values) / len(other))
             offset += n
-    return results, margins
-
-
-def logits_selection(model) -> str:
-    """How much of the LM head ``model`` can skip: ``"mask"`` (logits at chosen positions of each
-    row: its module slices with transformers' ``slice_logits_to_keep``), ``"tail"`` (the last
-    positions only: an integer ``logits_to_keep``) or ``"all"`` (e.g. SERAC's wrapper)."""
-    from transformers import PreTrainedModel  # here: importing transformers is slow
-
-    if not isinstance(model, PreTrainedModel) or "logits_to_keep" not in inspect.signature(model.forward).parameters:
-        return "all"
-    module = sys.modules.get(type(model).__module__)
-    return "mask" if getattr(module, "slice_logits_to_keep", None) is not None else "tail"
-
-
-def _predicting_logits(model, batch: PairBatch, selection: str) -> torch.Tensor:
-    """Logits at the positions that predict a target token (position t's token is predicted at
-    t - 1), ``[target tokens, V]`` in row-major order; the LM head runs on no more than it must."""
-    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-    predicting = torch.zeros_like(batch.target_mask)
-    predicting[:, :-1] = batch.target_mask[:, 1:]
-    if selection == "mask":
-        logits = model(**inputs, logits_to_keep=predicting).logits
-        if logits.shape[0] == int(predicting.sum()) and logits.dim() == 2:
-            return logits
-        raise RuntimeError(f"{type(model).__name__} ignored a boolean logits_to_keep (got {tuple(logits.shape)})")
-    # Only positions from the shortest prompt's last token on can predict a target token.
-    tail = batch.input_ids.shape[1] - (int(batch.prompt_lengths.min()) - 1)
-    if selection == "tail":
-        return model(**inputs, logits_to_keep=tail).logits[predicting[:, -tail:]]
-    return model(**inputs).logits[predicting]
+    return TeacherForcedPass(results, margins, others)
 
 
 def greedy_continuations(model, tokenizer, prompts: Sequence[str], lengths: Sequence[int], *,
