@@ -143,9 +143,13 @@ def _cut_torn_tail(handle) -> None:
     handle.truncate(end)
 
 
-def append_jsonl(path: PathLike, record: Any) -> None:
-    """Append ``record`` as one JSON line, flushed and fsynced: after a kill it is whole or absent."""
-    line = (json.dumps(record) + "\n").encode("utf-8")  # json.dumps never emits a raw newline
+def append_jsonl(path: PathLike, record: Any, *, ensure_ascii: bool = True) -> None:
+    """Append ``record`` as one JSON line, flushed and fsynced: after a kill it is whole or absent.
+
+    ``ensure_ascii=False`` keeps non-ASCII text as UTF-8 rather than ``\\u`` escapes (the study's
+    ``records.jsonl`` is written that way); either reads back the same.
+    """
+    line = (json.dumps(record, ensure_ascii=ensure_ascii) + "\n").encode("utf-8")  # never a raw newline
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as handle:
@@ -167,6 +171,11 @@ def read_jsonl(path: PathLike) -> List[Any]:
         lines = path.read_bytes().split(b"\n")
     except FileNotFoundError:
         raise ValueError(f"{path} does not exist") from None
+    # What follows the last newline is an append cut short, even where it happens to parse:
+    # append_jsonl cuts it off before its next write, so counting it here would lose it later.
+    tail = lines.pop()
+    if tail.strip():
+        logger.warning("%s: line %d is torn (an interrupted write?); dropping it", path, len(lines) + 1)
     numbered = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
     records = []
     for position, (number, line) in enumerate(numbered):

@@ -12,7 +12,8 @@ loads) and three built-in names:
   second, for tests.
 
 Nothing else in sss names a module path: editors ask :func:`layout_of` where blocks, MLP weights,
-the final norm and the embeddings live.
+the final norm and the embeddings live. The dtype and device checks live in :mod:`sss.model_args`
+(re-exported here).
 """
 from __future__ import annotations
 
@@ -24,12 +25,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
 
 from .files import read_json
+from .model_args import DTYPES, as_device, as_dtype, check_load_arguments  # noqa: F401 (public here too)
 
 logger = logging.getLogger(__name__)
 
@@ -144,51 +146,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SSS_CACHE", Path.home() / ".cache" / "sss"))
 
 
-DTYPES: Dict[str, torch.dtype] = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
-}
-
-
-def as_dtype(dtype) -> torch.dtype:
-    """A floating ``torch.dtype`` from itself or a name ("float16", "bf16", "torch.float32"...)."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        if not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating-point type, got {dtype}")
-        return dtype
-    if isinstance(dtype, str):
-        key = dtype.strip().lower().removeprefix("torch.")
-        if key in DTYPES:
-            return DTYPES[key]
-    raise ValueError(f"unknown dtype {dtype!r}; use a floating torch.dtype or one of {', '.join(DTYPES)}")
-
-
-def as_device(device) -> Optional[torch.device]:
-    """A ``torch.device`` that exists here, checked before any model is loaded."""
-    if device is None:
-        return None
-    if not isinstance(device, (str, torch.device)) or isinstance(device, bool):
-        raise ValueError(f"device must be a string such as 'cpu' or 'cuda:0' (or a torch.device), got {device!r}")
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError) as error:
-        raise ValueError(f"malformed device {device!r} (use e.g. 'cpu', 'cuda', 'cuda:1', 'mps'): {error}") from None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: CUDA is not available on this machine")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif parsed.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ValueError(f"device {device!r}: MPS is not available on this machine")
-    elif parsed.type not in ("cpu", "cuda", "mps", "meta") and not hasattr(torch, parsed.type):
-        raise ValueError(f"device {device!r}: sss does not know the device type {parsed.type!r}")
-    return parsed
-
-
 def load_model(name_or_path: str, *, dtype=None, device=None, seed: int = 0):
     """Return ``(model, tokenizer)`` in eval mode, with a pad token set.
 
@@ -196,10 +153,7 @@ def load_model(name_or_path: str, *, dtype=None, device=None, seed: int = 0):
     float32 and ``device`` to the CPU; both are checked before anything loads. ``seed`` seeds the
     random built-in models (it does not touch the global RNG).
     """
-    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
-        raise ValueError(f"load_model needs a model name or path, got {name_or_path!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_load_arguments(name_or_path, seed)
     dtype, device = as_dtype(dtype), as_device(device)
     name = str(name_or_path)
     if name in ("tiny-gpt2", "tiny-llama"):

@@ -262,7 +262,7 @@ CLI_CASES = [
     ("cli: train latest lost", lambda c: TRAIN + ["--out", str(lost_latest(c))],
      "run/latest is missing, although"),
     ("cli: device unknown", lambda c: EVAL + ["--device", "gpu", "--out", str(c.tmp / "o")],
-     "--device 'gpu' is not a device"),
+     "malformed --device 'gpu'"),
     ("cli: limit zero", lambda c: EVAL + ["--limit", "0"], "argument --limit: expected a positive integer, got '0'"),
     ("cli: limit text", lambda c: EVAL + ["--limit", "ten"], "argument --limit: expected a positive integer, got 'ten'"),
     ("cli: train max steps zero", lambda c: TRAIN + ["--max-steps", "0", "--out", str(c.tmp / "o")],
@@ -272,7 +272,7 @@ CLI_CASES = [
 ]
 if not torch.cuda.is_available():
     CLI_CASES.append(("cli: cuda without a GPU", lambda c: EVAL + ["--device", "cuda", "--out", str(c.tmp / "o")],
-                      "--device cuda: CUDA is not available"))
+                      "--device 'cuda': CUDA is not available"))
 
 
 @pytest.mark.parametrize("argv, message", [case[1:] for case in CLI_CASES], ids=[case[0] for case in CLI_CASES])

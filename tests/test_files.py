@@ -109,6 +109,25 @@ def test_appending_after_a_torn_line_cuts_it_off(tmp_path, caplog):
     assert log.read_text().count("\n") == 2
 
 
+def test_a_last_line_without_its_newline_is_torn_even_when_it_parses(tmp_path):
+    """Reading and appending agree: the record the next append would cut off is not counted."""
+    log = tmp_path / "log.jsonl"
+    append_jsonl(log, {"step": 0})
+    with open(log, "ab") as handle:
+        handle.write(b'{"step": 1}')  # killed just before the newline
+    assert read_jsonl(log) == [{"step": 0}]
+    append_jsonl(log, {"step": 2})
+    assert read_jsonl(log) == [{"step": 0}, {"step": 2}]
+
+
+def test_append_can_keep_non_ascii_text_unescaped(tmp_path):
+    log = tmp_path / "log.jsonl"
+    append_jsonl(log, {"city": "Zürich"}, ensure_ascii=False)
+    append_jsonl(log, {"city": "Zürich"})
+    assert log.read_bytes() == '{"city": "Zürich"}\n{"city": "Z\\u00fcrich"}\n'.encode("utf-8")
+    assert read_jsonl(log) == [{"city": "Zürich"}] * 2
+
+
 def test_damage_in_the_middle_of_a_log_is_an_error_naming_the_line(tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_text('{"step": 0}\n{"step": 1, "lo\n{"step": 2}\n')

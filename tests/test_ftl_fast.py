@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sss import FTL, EditRequest, SSSRegularizer, load_model
-from sss.block_cache import BlockCache
+from sss.editors.block_cache import BlockCache
 from sss.data import encode_pairs
 from sss.editors.ft_forward import full_path_reason
 from sss.losses import edit_loss

@@ -20,14 +20,7 @@ REQUESTS = [EditRequest("The capital of France is", "Rome", rephrase_prompts=("F
             EditRequest("Water boils at a temperature of", "fifty degrees")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two cores shared by several processes: one thread per process avoids oversubscription,
-    # which makes these small models many times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread per test
 
 
 def weights(model, names):

@@ -75,6 +75,8 @@ def test_sss_eval_runs_the_toy_editor(tmp_path, capsys, one_thread):
                      "--option", "steps=5", "--no-generate", "--out", str(out), "--no-progress"])
     assert code == 0
     assert "| Metric | Unedited | Toy |" in capsys.readouterr().out
-    report = json.loads((out / "results_toy.json").read_text())
+    reports = sorted(out.glob("results_toy_*.json"))  # results_<label>_<hash of the run>.json
+    assert len(reports) == 1, [p.name for p in out.iterdir()]
+    report = json.loads(reports[0].read_text())
     assert report["editor"]["editor"] == "toy" and report["editor"]["config"]["steps"] == 5
     assert len(report["records"]) == 2

@@ -13,12 +13,7 @@ from sss.train import EpisodeStream, TrainConfig, read_checkpoint, train, write_
 from synthetic_edits import train_and_heldout
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread per test
 
 
 def requests(n, with_locality=False):

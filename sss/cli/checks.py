@@ -30,22 +30,15 @@ def positive_int(text: str) -> int:
 
 
 def check_device(name: str) -> None:
-    """``--device``: a device name torch knows, and one this machine has ('auto' always passes)."""
-    import torch
+    """``--device``: a device name torch knows, and one this machine has ('auto' always passes).
 
-    if name == "auto":
-        return
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as error:
-        raise ValueError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N): {error}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {name}: MPS is not available on this machine (use --device cpu or auto)")
+    The rules are the library's own (:func:`sss.models.as_device`), so the command line and
+    ``load_model`` never disagree about a device.
+    """
+    from ..models import as_device
+
+    if name != "auto":
+        as_device(name, what="--device")
 
 
 def check_data(source: str, flag: str = "--data") -> None:

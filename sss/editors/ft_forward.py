@@ -4,7 +4,7 @@ FT-L trains MLP output projections and freezes everything else, so per edit
 (:func:`step_forward`):
 
 * the blocks below the lowest edited block, and inside it everything before the projection,
-  run once (``sss.block_cache.BlockCache``); a step runs the projection on the cached input,
+  run once (``sss.editors.block_cache.BlockCache``); a step runs the projection on the cached input,
   the residual add, the blocks above, the final norm;
 * the LM head runs only at the positions the loss reads: for ``prompt_last`` the last prompt
   position of each row, for ``target_new`` (and for SSS's ``J``) the positions that predict the
@@ -30,7 +30,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from ..block_cache import BlockCache
+from .block_cache import BlockCache
 from ..data import PairBatch
 from ..data.tokenize import IGNORE_INDEX
 from ..losses import SparsityRegularizer, target_nll

@@ -322,19 +322,19 @@ class EditSession:
 
     def restore(self) -> None:
         """Undo every edit of the session, bit for bit."""
-        if self.state != APPLIED:
-            raise RuntimeError(f"cannot restore: this edit session is already {self.state}")
-        if self.handle is not None:
-            self.handle.restore()
-        self.state = RESTORED
+        self._end("restore", RESTORED)
 
     def commit(self) -> None:
         """Keep every edit of the session and free its undo copies."""
+        self._end("commit", COMMITTED)
+
+    def _end(self, action: str, state: str) -> None:
+        """Restore or commit (``action``) the merged handle once, then mark the session ``state``."""
         if self.state != APPLIED:
-            raise RuntimeError(f"cannot commit: this edit session is already {self.state}")
+            raise RuntimeError(f"cannot {action}: this edit session is already {self.state}")
         if self.handle is not None:
-            self.handle.commit()
-        self.state = COMMITTED
+            getattr(self.handle, action)()
+        self.state = state
 
     def __enter__(self) -> "EditSession":
         return self

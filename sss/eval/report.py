@@ -170,7 +170,8 @@ def _by_label(runs: Sequence[EvalResults]) -> Dict[str, EvalResults]:
 
 # -- figures -------------------------------------------------------------------------------------
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the non-interactive backend (shared with ``sss.study.figures``)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display; also safe under torchrun and in CI
@@ -179,12 +180,13 @@ def _pyplot():
     return plt
 
 
-def _save(figure, path: Union[str, Path]) -> Path:
+def save_figure(figure, path: Union[str, Path]) -> Path:
+    """Lay ``figure`` out, write it as a PNG at ``path`` (making its folder) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    _pyplot().close(figure)
+    pyplot().close(figure)
     return path
 
 
@@ -194,7 +196,7 @@ def plot_sequential(runs: Mapping[str, EvalResults], path: Union[str, Path],
 
     Each run needs a ``curve`` (``evaluate(..., mode="sequential", checkpoints=[...])``).
     """
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.2), squeeze=False)
     for name, results in runs.items():
         if not results.curve:
@@ -209,13 +211,13 @@ def plot_sequential(runs: Mapping[str, EvalResults], path: Union[str, Path],
         axis.set_xscale("log")
         axis.grid(alpha=0.3)
     axes[0][0].legend()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_c_sweep(runs: Mapping[float, EvalResults], path: Union[str, Path],
                  rows: Sequence[Tuple[str, str, str]] = TABLE_ROWS) -> Path:
     """Each row's metric vs the SSS coefficient C (the paper's Figure 3)."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(5, 3.5))
     values = sorted(runs)
     for label, group, metric in rows:
@@ -226,13 +228,13 @@ def plot_c_sweep(runs: Mapping[float, EvalResults], path: Union[str, Path],
     axis.set(xlabel="C", ylabel="%", title="Impact of C", ylim=(-2, 102))
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_comparison(runs: Mapping[str, EvalResults], path: Union[str, Path], *, include_unedited: bool = True,
                     rows: Sequence[Tuple[str, str, str]] = TABLE_ROWS) -> Path:
     """Grouped bars: one group per table row, one bar per run (and the unedited model)."""
-    plt = _pyplot()
+    plt = pyplot()
     series: Dict[str, list] = {}
     if include_unedited and runs:
         first = next(iter(runs.values()))
@@ -249,4 +251,4 @@ def plot_comparison(runs: Mapping[str, EvalResults], path: Union[str, Path], *, 
     axis.set(ylabel="%", ylim=(0, 105))
     axis.legend(fontsize=8)
     axis.grid(axis="y", alpha=0.3)
-    return _save(figure, path)
+    return save_figure(figure, path)

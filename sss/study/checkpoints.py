@@ -17,10 +17,11 @@ import logging
 from pathlib import Path
 
 from ..editors import editor_class
+from ..files import write_text_atomic
 from ..train import TrainConfig
 from .requests import training_requests
 from .spec import config_hash, regularizer_label, slug
-from .store import is_done, mark_done, write_atomic
+from .store import is_done, mark_done
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def trained_editor(study, cell, model, tokenizer, regularizer, out: Path, *, pro
     if not is_done(folder):
         logger.info("training %s into %s (%d train / %d val requests, %d steps)", cell.editor, folder,
                     len(train), len(val), training["loop"]["train_steps"])
-        write_atomic(folder / "training.json", json.dumps(training, indent=2))
+        write_text_atomic(folder / "training.json", json.dumps(training, indent=2))
         editor = cls(model, tokenizer, regularizer=regularizer, progress=progress, **training["options"])
         loop = training["loop"]
         config = TrainConfig(max_steps=loop["train_steps"], episodes_per_step=loop["episodes_per_step"],

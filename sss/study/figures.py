@@ -8,28 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Tuple
 
-
-
-def pyplot_backend():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed (CI, servers)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(figure, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    pyplot_backend().close(figure)
-    return path
+from ..eval.report import pyplot, save_figure
 
 
 def _panels(labels, width=4.0):
-    plt = pyplot_backend()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(labels), figsize=(width * len(labels), 3.2), squeeze=False)
     return figure, dict(zip(labels, axes[0]))
 
@@ -49,7 +32,7 @@ def plot_c_sweep(points: Dict[tuple, list], path) -> Path:
         axis.set(title=label, xlabel="C", ylabel="%", ylim=(-2, 102))
         axis.grid(alpha=0.3)
     next(iter(axes.values())).legend(fontsize=7)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_sequential(points: Dict[tuple, list], path) -> Path:
@@ -67,7 +50,7 @@ def plot_sequential(points: Dict[tuple, list], path) -> Path:
         axis.set_xscale("log")
         axis.grid(alpha=0.3)
     next(iter(axes.values())).legend(fontsize=7)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_scatter(scatter: Dict[Tuple[str, str, str], tuple], path) -> Path:
@@ -81,4 +64,4 @@ def plot_scatter(scatter: Dict[Tuple[str, str, str], tuple], path) -> Path:
         axis.set_xscale("log")
         axis.grid(alpha=0.3)
     next(iter(axes.values())).legend(fontsize=7)
-    return _save(figure, path)
+    return save_figure(figure, path)

@@ -28,14 +28,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ..editors import FTL, editor_class
-from ..eval import EvalResults, evaluate, observe
+from ..eval import EvalResults, evaluate, observe_many
 from ..eval.report import write_json
+from ..files import write_text_atomic
 from ..losses import SSSRegularizer
 from ..models import load_model
 from .checkpoints import trained_editor
 from .requests import eval_requests
 from .spec import EDITED_BLOCK, TRAINABLE, Cell, Study, config_hash, slug
-from .store import RecordLog, UneditedCache, is_done, mark_done, write_atomic
+from .store import RecordLog, UneditedCache, is_done, mark_done
 
 logger = logging.getLogger(__name__)
 REPORT = "report.json"
@@ -131,9 +132,10 @@ def unedited_observations(study: Study, cell: Cell, requests, model, tokenizer, 
     disk = UneditedCache(out / "unedited" / name)
     stored = disk.load()
     missing = [i for i, key in enumerate(keys) if key not in stored]
-    for i in missing:
-        stored[keys[i]] = observe(model, tokenizer, requests[i], generate=cell.config["generate"],
-                                  batch_size=cell.config["eval_batch_size"])
+    if missing:  # one length-bucketed pass over every request not yet on disk
+        fresh = observe_many(model, tokenizer, [requests[i] for i in missing], generate=cell.config["generate"],
+                             batch_size=cell.config["eval_batch_size"])
+        stored.update(zip([keys[i] for i in missing], fresh))
     if missing:
         disk.save(stored)
         stored = disk.load()  # use the stored form, exactly what a later run reads
@@ -153,8 +155,8 @@ def run_cell(study: Study, cell: Cell, out, model, tokenizer, *, progress: bool 
     folder = cell_folder(out, cell)
     if is_done(folder):
         return folder
-    write_atomic(folder / "cell.json", json.dumps({"label": cell.label, "study": study.name, "scale": study.scale,
-                                                   "config": cell.config}, indent=2))
+    write_text_atomic(folder / "cell.json", json.dumps({"label": cell.label, "study": study.name,
+                                                        "scale": study.scale, "config": cell.config}, indent=2))
     requests = eval_requests(study, cell)
     editor = build_editor(study, cell, model, tokenizer, out, progress)
     observed = unedited_observations(study, cell, requests, model, tokenizer, out)

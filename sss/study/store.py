@@ -1,8 +1,9 @@
 """The files that make a study resumable.
 
 * ``records.jsonl``: one finished request per line, flushed and fsynced as it is produced; a
-  line torn by a crash (no newline, or not JSON) is dropped when the file is read back.
-* ``done``: written last, atomically (write a temporary file, then rename), once the cell's
+  line torn by a crash (no newline, or not JSON) is dropped when the file is read back and cut
+  off before the next append (``sss.files.append_jsonl``/``read_jsonl``).
+* ``done``: written last, atomically (``sss.files.write_json_atomic``), once the cell's
   report is complete. A folder with ``done`` is never run again.
 * unedited observations: one JSON file per (model, requests, measuring settings), shared by
   every cell that measures the same requests on the same model (JSON floats round-trip exactly,
@@ -11,46 +12,16 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..eval import ProbeSpec
 from ..eval.measure import Observation
 from ..eval.metrics import TeacherForced
+from ..files import append_jsonl, read_json, read_jsonl, write_json_atomic, write_text_atomic
 
 RECORDS = "records.jsonl"
 DONE = "done"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def read_jsonl(path: Path) -> List[dict]:
-    """Every complete line of ``path``; a torn last line is cut off the file so appends stay clean."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    rows, good = [], 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        good += len(line)
-    if good != len(data):
-        with open(path, "r+b") as handle:
-            handle.truncate(good)
-    return rows
 
 
 class RecordLog:
@@ -61,13 +32,11 @@ class RecordLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def read(self) -> List[dict]:
-        return read_jsonl(self.path)
+        """Every whole record; a line torn by a crash is dropped (and cut off by the next append)."""
+        return read_jsonl(self.path) if self.path.exists() else []
 
     def append(self, record: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_jsonl(self.path, record, ensure_ascii=False)
 
     def reset(self) -> None:
         if self.path.exists():
@@ -79,7 +48,7 @@ def is_done(folder: Path) -> bool:
 
 
 def mark_done(folder: Path, info: dict) -> None:
-    write_atomic(Path(folder) / DONE, json.dumps(info, indent=2) + "\n")
+    write_json_atomic(Path(folder) / DONE, info)
 
 
 # -- unedited observations -----------------------------------------------------------------------
@@ -116,8 +85,8 @@ class UneditedCache:
     def load(self) -> Dict[str, Observation]:
         if not self.path.exists():
             return {}
-        return {key: observation_from_dict(value) for key, value in json.loads(self.path.read_text()).items()}
+        return {key: observation_from_dict(value) for key, value in read_json(self.path).items()}
 
     def save(self, observations: Dict[str, Observation]) -> None:
-        write_atomic(self.path, json.dumps({k: observation_to_dict(v) for k, v in observations.items()},
-                                           ensure_ascii=False))
+        write_text_atomic(self.path, json.dumps({k: observation_to_dict(v) for k, v in observations.items()},
+                                                ensure_ascii=False))

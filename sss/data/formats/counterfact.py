@@ -39,6 +39,15 @@ def _convert_one(record, index, subject, target_true, unrelated, stats: ReadStat
     neighbors = locality_probes(paired(record["locality_prompt"], record["locality_ground_truth"]),
                                 NEIGHBORHOOD, stats, NAME, "locality_prompt/locality_ground_truth")
     pre_neighbors = [probe for probe in neighbors if probe.answer == target_true]
+    return counterfact_request(record, index, NAME, prompt=prompt, target_new=target_new, subject=subject,
+                               target_true=target_true, rephrases=texts(record["rephrase_prompt"], "rephrase_prompt"),
+                               neighbors=neighbors, pre_neighbors=pre_neighbors, unrelated=unrelated)
+
+
+def counterfact_request(record, index: int, layout: str, *, prompt, target_new, subject, target_true, rephrases,
+                        neighbors, pre_neighbors, unrelated, **metadata) -> EditRequest:
+    """One CounterFact request, in either layout (this one and ``rome``): its locality probes are
+    the neighbors, a Distract-Neighbor for each Pre-Neighbor, then the Unrelated Attributes."""
     # A malformed prompt or target is reported by EditRequest (naming the field), not here.
     distracts = distract_neighbors(prompt, target_new, pre_neighbors) if is_text(prompt) and is_text(target_new) else ()
     return EditRequest(
@@ -46,10 +55,10 @@ def _convert_one(record, index, subject, target_true, unrelated, stats: ReadStat
         target_new=target_new,
         subject=subject,
         target_true=target_true,
-        rephrase_prompts=tuple(texts(record["rephrase_prompt"], "rephrase_prompt")),
+        rephrase_prompts=tuple(rephrases),
         locality=(*neighbors, *distracts, *unrelated),
         case_id=case_id(record, index),
-        metadata={"format": NAME, "index": index},
+        metadata={"format": layout, "index": index, **metadata},
     )
 
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
-from ..probes import POST_NEIGHBOR, PRE_NEIGHBOR, distract_neighbors
+from ..probes import POST_NEIGHBOR, PRE_NEIGHBOR
 from ..requests import EditRequest
-from .base import (Format, ReadStats, case_id, each_record, first_text, is_text, locality_probes, lookup, one_text,
-                   texts)
+from .base import Format, ReadStats, each_record, first_text, is_text, locality_probes, lookup, one_text, texts
+from .counterfact import counterfact_request
 from .same_subject import same_relation_by_id, unrelated_attributes
 
 NAME = "counterfact-rome"
@@ -67,21 +67,13 @@ def _convert_one(record, index, subject, prompt, target_true, unrelated, stats: 
     post = locality_probes([(p, target_new) for p in _prompt_texts(record.get("attribute_prompts"),
                                                                    "attribute_prompts")],
                            POST_NEIGHBOR, stats, NAME, "attribute_prompts")
-    distracts = distract_neighbors(prompt, target_new, pre) if is_text(target_new) else ()
     rewrite = record["requested_rewrite"]
-    return EditRequest(
-        prompt=prompt,
-        target_new=target_new,
-        subject=subject,
-        target_true=target_true,
-        rephrase_prompts=tuple(_prompt_texts(record["paraphrase_prompts"], "paraphrase_prompts")),
-        locality=(*pre, *post, *distracts, *unrelated),
-        case_id=case_id(record, index),
-        metadata={"format": NAME, "index": index, "relation_id": rewrite.get("relation_id"),
-                  "prompt_template": rewrite.get("prompt"),
-                  "target_new_id": lookup(rewrite, "target_new.id"),
-                  "target_true_id": lookup(rewrite, "target_true.id")},
-    )
+    return counterfact_request(
+        record, index, NAME, prompt=prompt, target_new=target_new, subject=subject, target_true=target_true,
+        rephrases=_prompt_texts(record["paraphrase_prompts"], "paraphrase_prompts"), neighbors=(*pre, *post),
+        pre_neighbors=pre, unrelated=unrelated, relation_id=rewrite.get("relation_id"),
+        prompt_template=rewrite.get("prompt"), target_new_id=lookup(rewrite, "target_new.id"),
+        target_true_id=lookup(rewrite, "target_true.id"))
 
 
 FORMAT = Format(

@@ -25,7 +25,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from .models import layout_of, mlp_out_path, num_blocks
+from ..models import layout_of, mlp_out_path, num_blocks
 
 
 class _StopForward(Exception):
