@@ -183,3 +183,32 @@ def test_bad_study_files_are_refused_by_name(tmp_path):
         load_study(grid(datasets=["nowhere"]), "smoke")
     with pytest.raises(ValueError, match="regularizer"):
         load_study(grid(regularizers=[{"strength": 1}]), "smoke")
+
+
+def test_partial_summary_pairs_only_the_requests_both_sides_recorded(tmp_path):
+    """Between sittings a summary can read unfinished cells: the paired n is what both sides have."""
+    from sss.study import load_study, summarise_study
+    from sss.study.runner import cell_folder
+    from sss.study.store import RecordLog
+
+    path = tmp_path / "grid.toml"
+    path.write_text('name = "partial"\ntitle = "partial"\nsummary = "table"\nmode = "single"\n'
+                    'editors = ["ft-l"]\ndatasets = ["demo"]\nregularizers = ["none", {C = 0.9}]\n'
+                    '[scales.smoke]\neval_requests = 6\n')
+    study = load_study(path, "smoke")
+    base, with_sss = study.cells
+    record = {"probes": [], "pre": {"reliability": {"token_acc": 0.0}},
+              "post": {"reliability": {"token_acc": 1.0}}}
+    for index in range(4):  # the baseline has recorded requests 0-3, the SSS side 0-1 and 5
+        RecordLog(cell_folder(tmp_path, base)).append(dict(record, index=index))
+    for index, value in ((0, 0.0), (1, 0.0), (5, 0.0)):
+        RecordLog(cell_folder(tmp_path, with_sss)).append(
+            dict(record, index=index, post={"reliability": {"token_acc": value}}))
+
+    assert "| demo" not in summarise_study(study, tmp_path, resamples=200).read_text()  # nothing finished
+    text = summarise_study(study, tmp_path, resamples=200, partial=True).read_text()
+    row = next(line for line in text.splitlines() if "Reliability" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[-1] == "2"  # requests 0 and 1 only
+    assert cells[5] == "100.0" and cells[6].startswith("0.0 (Δ −100.0")
+    assert "4 of 6 requests" in text and "3 of 6 requests" in text

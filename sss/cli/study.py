@@ -33,7 +33,10 @@ def add_command(subparsers) -> None:
     parser.add_argument("--data-root", default=None,
                         help="folder that relative data paths start from (default: $SSS_STUDY_DATA, else "
                              "../shared/data beside the repository)")
-    parser.add_argument("--status", action="store_true", help="only print what is done and what is left")
+    parser.add_argument("--status", action="store_true",
+                        help="run nothing: print what is done and what is left, and rewrite the summaries")
+    parser.add_argument("--partial", action="store_true",
+                        help="summaries also read unfinished cells (pairs use the requests both sides have)")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default: %(default)s)")
     add_output_options(parser)
     parser.set_defaults(func=run)
@@ -62,7 +65,7 @@ def run(args) -> int:
         if not args.status:
             run_study(study, args.out, only=args.only, progress=args.progress)
         statuses = study_status(study, args.out, args.only)
-        summary = summarise_study(study, args.out, resamples=args.resamples)
+        summary = summarise_study(study, args.out, resamples=args.resamples, partial=args.partial)
         left = [s for s in statuses if not s.done]
         print(f"{study.name} ({args.scale}): {len(statuses) - len(left)} of {len(statuses)} cells done; "
               f"results in {Path(args.out) / study.name}, summary {summary}")

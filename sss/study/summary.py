@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -22,7 +23,7 @@ from .runner import cell_folder, load_cell_results
 from .spec import Study, regularizer_label
 from .stats import compare_paired, format_cell, hierarchical_bootstrap, paired_bootstrap, sign_flip_test, \
     spearman_bootstrap
-from .store import is_done
+from .store import RecordLog, is_done
 
 logger = logging.getLogger(__name__)
 CATEGORY_ROWS: Tuple[Tuple[str, str, str], ...] = (
@@ -76,23 +77,39 @@ def mean_over(runs: Sequence, group: str, metric: str, phase: str = "post") -> O
     return float(np.mean(values)) if values else None
 
 
+@dataclass
+class PartialResults:
+    """The records an unfinished cell has written so far (``Finished(partial=True)``)."""
+
+    records: List[dict]
+
+
 class Finished:
     """The finished cells of a study, loaded once, grouped by what pairs them."""
 
-    def __init__(self, study: Study, out: Path):
+    def __init__(self, study: Study, out: Path, *, partial: bool = False):
         self.study, self.out = study, Path(out)
         self.runs: Dict[tuple, object] = {}
         self.configs: Dict[tuple, dict] = {}
         self.missing: List[str] = []
+        self.partial: List[str] = []  # "label (k of n requests)" of the unfinished cells read
         for cell in study.cells:
             folder = cell_folder(out, cell)
-            if not is_done(folder):
-                self.missing.append(cell.label)
-                continue
+            if is_done(folder):
+                results = load_cell_results(folder)
+            else:
+                records = RecordLog(folder).read() if partial and folder.is_dir() else []
+                if not records:
+                    self.missing.append(cell.label)
+                    continue
+                # Pairing is by request index, so a comparison uses only the requests both sides
+                # have recorded so far.
+                results = PartialResults(records)
+                self.partial.append(f"{cell.label} ({len(records)} of {cell.config['length'] or cell.config['data']['requests']} requests)")
             c = cell.config
             reg = regularizer_label(c["regularizer"])
             key = (c["editor"], c["data"]["name"], c.get("length"), reg, c["seed"])
-            self.runs[key], self.configs[key] = load_cell_results(folder), c
+            self.runs[key], self.configs[key] = results, c
 
     def measured(self, rows) -> list:
         """The rows some finished cell has values for."""
@@ -197,14 +214,21 @@ def sequential_points(finished: Finished, resamples: int) -> dict:
     return points
 
 
-def summarise_study(study: Study, out, *, resamples: int = 10_000) -> Path:
-    """Write ``<out>/<study>/summary.md`` (and figures) from the finished cells; return its path."""
-    finished = Finished(study, out)
+def summarise_study(study: Study, out, *, resamples: int = 10_000, partial: bool = False) -> Path:
+    """Write ``<out>/<study>/summary.md`` (and figures) from the finished cells; return its path.
+
+    ``partial``: also read the records of unfinished cells (a study between sittings); the summary
+    lists them and every comparison pairs only the requests both sides have recorded."""
+    finished = Finished(study, out, partial=partial)
     folder = Path(out) / study.name
     folder.mkdir(parents=True, exist_ok=True)
+    done = len(finished.runs) - len(finished.partial)
     parts = [f"# {study.title}\n", f"Scale `{study.scale}`, model `{study.settings['model']}`; "
-             f"{len(finished.runs)} of {len(study.cells)} cells finished. Values in percent; "
+             f"{done} of {len(study.cells)} cells finished. Values in percent; "
              "Δ = with SSS − without, paired bootstrap 95% interval; p = paired sign-flip test.\n"]
+    if finished.partial:
+        parts.append("Read before they finished (pairs use the requests both sides have): "
+                     + ", ".join(finished.partial) + "\n")
     if study.summary in ("table", "categories", "sequential"):
         rows = CATEGORY_ROWS if study.summary == "categories" else TABLE_ROWS
         parts.append(comparison_table(finished, finished.measured(rows), resamples))
