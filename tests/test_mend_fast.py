@@ -28,12 +28,7 @@ LOCALITY = (LocalityProbe("nq question: who wrote hamlet", "William Shakespeare"
 WEIGHT_ATOL = 1e-6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def trained_looking_editor(name):

@@ -25,12 +25,7 @@ BEST_FILES = ("weights.safetensors", "config.json", "manifest.json")
 FAULTS = ("delete", "truncate", "flip")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
