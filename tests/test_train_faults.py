@@ -13,7 +13,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from sss import MEND, load_model
 from sss.train import TrainConfig, checkpoint_to_resume, load_tensors
