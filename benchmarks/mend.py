@@ -22,6 +22,7 @@ reported with their ratio (optimised or "with" time / reference or "without" tim
     OMP_NUM_THREADS=1 python benchmarks/mend.py      # smollm2-135m, MEND's defaults (rank 1920)
     python benchmarks/mend.py --model tiny-gpt2 --repeats 3
     python benchmarks/mend.py --sss-target input_embeds   # the other reading of SSS (costlier)
+    OMP_NUM_THREADS=1 python benchmarks/mend.py --only-edit --repeats 9   # results 1-2 only (minutes)
 """
 from __future__ import annotations
 
@@ -226,6 +227,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sss-target", choices=("last_hidden", "input_embeds"), default="last_hidden")
+    parser.add_argument("--only-edit", action="store_true", help="measure the edit (results 1-2) only, no training")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -267,6 +269,8 @@ def main() -> None:
     report("mend_edit_vs_fwd_bwd", "one forward+backward", t_fb, "one MEND edit (+restore)", t_edit)
     t_ref, t_edit = interleaved(reference_edit, mend_edit, args.repeats, device)
     report("mend_edit", "reference edit (+restore)", t_ref, "optimised edit (+restore)", t_edit)
+    if args.only_edit:
+        return
 
     for p in model.parameters():
         p.requires_grad_(False)  # as fit() does

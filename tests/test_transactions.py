@@ -127,7 +127,7 @@ def test_a_completed_edit_still_changes_the_model(tiny_gpt2):
 # MEND and SERAC: the generic transaction of Editor.edit
 
 
-IN_PLACE_WRITES = ("copy_", "sub_", "add_")  # however MEND writes the new weights
+IN_PLACE_WRITES = ("copy_", "sub_", "add_", "addmm_")  # however MEND writes the new weights
 
 
 def patch_in_place_writes(monkeypatch, wrap):

@@ -29,7 +29,7 @@ from ...losses import regularizer_from_description
 from ...models import is_conv1d, mlp_in_paths, mlp_out_path, num_blocks
 from ...train import read_editor_checkpoint, refuse_mismatches, shape_mismatches, shapes, write_checkpoint
 from ..base import Editor, OuterLossConfig, WeightEditHandle, register_editor, snapshot
-from .hooks import factor_product, layer_factors
+from .hooks import factor_operands, factor_product, layer_factors
 from .network import MENDNetworks
 from .objective import MENDTraining, eval_mode
 
@@ -158,9 +158,12 @@ class MEND(MENDTraining, Editor):
         with eval_mode(self.networks):
             current = {name: params[name].detach() for name in self.weight_names}
             with torch.no_grad():
-                # In place: the same ``W − step`` rounding as ``_new_weights``, without a new matrix.
-                for name, step in self._steps(batch, current).items():
-                    params[name].sub_(step)
+                transformed = self.networks.transform_all(layer_factors(self.base_model, current, batch))
+                # ``W − η Σ_t δ̃_t ũ_tᵀ`` in place as one ``addmm_``: no step matrix, no separate
+                # scaling and subtraction passes over it (``_new_weights`` to float rounding).
+                for name, (u, delta) in transformed.items():
+                    params[name].addmm_(*factor_operands(u, delta, self.conv1d[name]),
+                                        alpha=-float(self.networks.edit_lr(name)))
         return WeightEditHandle(self.base_model, originals, requests, self.name,
                                 {"edited_weights": list(self.weight_names)})
 
