@@ -10,7 +10,8 @@ weights of the two sides are compared so that a fast wrong result cannot pass.
 Then the cost of SSS on the optimised path: a step with ``SSSRegularizer(target="last_hidden")``
 and with ``target="input_embeds"`` (which must run the full model at every step: the penalty
 differentiates through every block) against a plain step, timed as the same edits of
-``--sss-steps`` steps each. Prints ``RESULT <name> ratio=<x>`` lines (optimised / reference).
+``--sss-steps`` steps each. Prints ``RESULT <name> ratio=<x>`` lines (optimised / reference),
+from the medians of the process CPU time (see ``interleave``; wall-time figures are printed too).
 
     OMP_NUM_THREADS=1 python benchmarks/ftl_speed.py [--repeats 5] [--requests 10] [--sss-requests 4]
 """
@@ -64,20 +65,28 @@ def sss_edit(model, tokenizer, request, steps, regularizer=None):
 
 
 def timed(function, requests):
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     results = [function(request) for request in requests]
-    return time.perf_counter() - start, results
+    return (time.process_time() - cpu, time.perf_counter() - start), results
 
 
 def interleave(sides, requests, repeats):
-    """Median seconds per side over ``repeats`` rounds, the sides alternating within a round."""
+    """Median CPU seconds per side over ``repeats`` rounds, the sides alternating within a round.
+
+    CPU time, not wall time: one thread, so it is the work done, and it does not count the
+    time the process waits for a core on a shared machine. Median wall seconds go to ``WALL``.
+    """
     times = {name: [] for name in sides}
     results = {}
     for _ in range(repeats):
         for name, function in sides.items():
             seconds, results[name] = timed(function, requests)
             times[name].append(seconds)
-    return {name: statistics.median(values) for name, values in times.items()}, results
+    WALL.update({name: statistics.median(wall for _, wall in values) for name, values in times.items()})
+    return {name: statistics.median(cpu for cpu, _ in values) for name, values in times.items()}, results
+
+
+WALL = {}
 
 
 def main():
@@ -108,8 +117,9 @@ def main():
     # move differently under float32 rounding; the delta as a whole is what must agree.
     relative = max(((a - b).norm() / (b - original).norm()).item()
                    for a, b in zip(results["sss"], results["reference"]))
-    print(f"FT-L edits, reference loop: {medians['reference']:.2f} s; sss: {medians['sss']:.2f} s; "
-          f"largest relative difference of the weight deltas {relative:.1e}")
+    print(f"FT-L edits, reference loop: {medians['reference']:.2f} s CPU ({WALL['reference']:.2f} s wall); "
+          f"sss: {medians['sss']:.2f} s CPU ({WALL['sss']:.2f} s wall, wall ratio "
+          f"{WALL['sss'] / WALL['reference']:.3f}); largest relative difference of the weight deltas {relative:.1e}")
     print(f"RESULT ftl_edit ratio={medians['sss'] / medians['reference']:.3f}")
 
     steps = args.sss_steps
@@ -119,7 +129,8 @@ def main():
         "input_embeds": lambda r: sss_edit(model, tokenizer, r, steps, SSSRegularizer(C=0.9, target="input_embeds")),
     }, requests[:args.sss_requests], args.repeats)
     per_step = {name: value / (min(len(requests), args.sss_requests) * steps) * 1000 for name, value in medians.items()}
-    print("FT-L step (sss, ms): " + ", ".join(f"{name} {value:.1f}" for name, value in per_step.items()))
+    print("FT-L step (sss, CPU ms): " + ", ".join(f"{name} {value:.1f}" for name, value in per_step.items())
+          + f"; wall ratio last_hidden / plain {WALL['last_hidden'] / WALL['plain']:.3f}")
     print(f"RESULT sss_last_hidden_step ratio={medians['last_hidden'] / medians['plain']:.3f}")
     print(f"RESULT sss_input_embeds_step ratio={medians['input_embeds'] / medians['plain']:.3f}")
 

@@ -3,8 +3,11 @@
 The reference below is the loop FT-L ran before the caching: a full forward over prompt and
 target at every step, the full LM head, the loss from ``sss.losses``. Both run the same
 optimiser on the same weights; the final weights must agree to float64 rounding
-(atol 1e-12, rtol 1e-10; float32 is checked once at atol 1e-6, rtol 1e-5), and the recorded
-losses and penalties at every step too.
+(atol 1e-12, rtol 1e-10), and the recorded losses and penalties at every step too. float32
+(the LM head read through its transposed copy) is checked at atol 5e-5 per element
+(1e-3 of the learning rate: Adam moves an element whose gradient is ~0 by up to lr whatever
+its sign, so rounding can move single elements) and 1e-5 on the relative norm of the
+difference of the weight deltas.
 """
 import contextlib
 
@@ -14,7 +17,9 @@ import torch
 from sss import FTL, EditRequest, SSSRegularizer, load_model
 from sss.editors.block_cache import BlockCache
 from sss.data import encode_pairs
-from sss.editors.ft_forward import full_path_reason
+from sss.editors.frozen_weights import transposed
+from sss.editors.ft_forward import first_target_nll, full_path_reason, reads_last_prompt_gradient_only
+from sss.losses import target_nll
 from sss.losses import edit_loss
 from sss.models import second_order_attention
 
@@ -25,7 +30,8 @@ REQUESTS = [EditRequest("The capital of France is", "Rome"),
             EditRequest("My favourite colour, if you ask me today, is", "dark forest green"),
             EditRequest("Water boils at", "one hundred degrees")]
 FLOAT64 = dict(atol=1e-12, rtol=1e-10)
-FLOAT32 = dict(atol=1e-6, rtol=1e-5)
+FLOAT32 = dict(atol=5e-5, rtol=0.0)
+FLOAT32_DELTA = 1e-5  # largest relative difference of the weight deltas
 
 
 @pytest.fixture(scope="module", params=["tiny-gpt2", "tiny-llama"])
@@ -75,10 +81,14 @@ def compare(model, tokenizer, *, objective, layers=(0,), regularizer=None, reque
         for name in editor.parameter_names:
             weight = model.get_parameter(name)
             assert not torch.equal(weight, handle.originals[name]), f"{name} did not move: the check would be empty"
-            torch.testing.assert_close(weight, expected[name], **tolerance, msg=name)
+            torch.testing.assert_close(weight, expected[name], **tolerance)
+            if tolerance is FLOAT32:
+                original = handle.originals[name]
+                relative = ((weight - expected[name]).norm() / (expected[name] - original).norm()).item()
+                assert relative <= FLOAT32_DELTA, f"{name}: weight deltas differ by {relative:.1e} relative"
         history = [(h["edit_loss"], h.get("penalty")) for h in handle.info["history"]]
     assert len(history) == STEPS
-    close = dict(rel=1e-9, abs=1e-15) if tolerance is FLOAT64 else dict(rel=1e-5, abs=1e-8)
+    close = dict(rel=1e-9, abs=1e-15) if tolerance is FLOAT64 else dict(rel=1e-5, abs=1e-6)
     for (loss, penalty), (want_loss, want_penalty) in zip(history, expected_history):
         assert loss == pytest.approx(want_loss, **close)
         assert (penalty is None) == (want_penalty is None)
@@ -110,9 +120,14 @@ def test_sss_block_target_edit_matches_the_reference(model64, target, layers):
 
 
 def test_float32_edit_matches_the_reference(tiny_llama):
+    model, _ = tiny_llama
     compare(*tiny_llama, objective="prompt_last", regularizer=SSSRegularizer(C=0.9),
             tolerance=FLOAT32)
+    compare(*tiny_llama, objective="prompt_last", tolerance=FLOAT32)
     compare(*tiny_llama, objective="target_new", layers=(0, 1), tolerance=FLOAT32)
+    compare(*tiny_llama, objective="prompt_last", layers=(1,), regularizer=SSSRegularizer(C=0.5, target=1),
+            tolerance=FLOAT32)
+    assert not [name for name, module in model.named_modules() if "forward" in module.__dict__]
 
 
 def test_targets_the_cache_cannot_serve_take_the_full_path(tiny_gpt2):
@@ -147,3 +162,59 @@ def test_block_cache_reproduces_the_forward_bit_for_bit(tiny_gpt2, tiny_llama, s
         assert torch.equal(model.get_output_embeddings()(cache.final_hidden(rerun)), expected)
         assert not model._forward_hooks and not model._forward_pre_hooks
         assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+        assert all("forward" not in m.__dict__ for m in model.modules())  # the skipped blocks run again
+
+
+def test_block_cache_capture_does_not_run_the_blocks_above(tiny_llama):
+    model, tokenizer = tiny_llama
+    batch = encode_pairs(tokenizer, [r.prompt for r in REQUESTS], [r.target_new for r in REQUESTS])
+    blocks = model.model.layers
+    runs = []
+    hooks = [block.mlp.register_forward_hook(lambda module, args, output, i=i: runs.append(i))
+             for i, block in enumerate(blocks)]
+    try:
+        cache = BlockCache.capture(model, 0, batch.input_ids, batch.attention_mask)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert runs == [0] and len(blocks) > 1
+    assert sorted(cache.calls) == list(range(len(blocks)))  # yet every block's call was caught
+
+
+def test_sss_prompt_shortcut_only_where_the_penalty_reads_the_last_prompt_gradient():
+    assert reads_last_prompt_gradient_only(SSSRegularizer())
+    assert not reads_last_prompt_gradient_only(None)
+    assert not reads_last_prompt_gradient_only(SSSRegularizer(tokens="all"))
+    assert not reads_last_prompt_gradient_only(SSSRegularizer(target=1))
+
+    class OwnPenalty(SSSRegularizer):
+        def penalty(self, loss, embeddings, token_mask, *, create_graph=True):
+            return embeddings.pow(2).mean()
+    assert not reads_last_prompt_gradient_only(OwnPenalty())
+
+
+def test_first_target_nll_has_the_prompt_gradient_of_the_full_loss(model64):
+    # The shortcut's claim itself: over the prompt, dJ/dx of the full J equals that of its first term.
+    model, tokenizer = model64
+    batch = encode_pairs(tokenizer, [r.prompt for r in REQUESTS], [r.target_new for r in REQUESTS])
+    head = model.get_output_embeddings()
+    hidden = torch.randn(len(batch), batch.input_ids.shape[1], head.in_features, dtype=torch.float64,
+                         requires_grad=True)
+    (full,) = torch.autograd.grad(target_nll(head(hidden), batch).sum(), hidden)
+    rows = torch.arange(len(batch)).unsqueeze(1)
+    last = head(hidden[rows, batch.last_prompt_positions.unsqueeze(1)])
+    (short,) = torch.autograd.grad(first_target_nll(last, batch).sum(), hidden)
+    prompt = batch.prompt_mask.unsqueeze(-1)
+    assert short[prompt.expand_as(short)].abs().sum() > 0
+    torch.testing.assert_close(short * prompt, full * prompt, **FLOAT64)
+
+
+def test_transposed_copy_is_exact_and_follows_in_place_changes():
+    weight = torch.randn(5, 3)
+    first = transposed(weight)
+    assert torch.equal(first, weight.t()) and first.is_contiguous() and transposed(weight) is first
+    with torch.no_grad():
+        weight.add_(1.0)
+    assert torch.equal(transposed(weight), weight.t())
+    with pytest.raises(ValueError, match="requires grad"):
+        transposed(torch.randn(2, 2, requires_grad=True))

@@ -3,8 +3,8 @@
 When an editor trains the MLP output projection of block ``k`` (and maybe weights above it),
 everything below that projection gives the same values at every step: the blocks below ``k``
 and, inside block ``k``, its attention, norms and the MLP up to the projection.
-:meth:`BlockCache.capture` runs the model once without a graph and keeps what the rest of the
-network reads from that part: block ``k``'s input, the projection's input, the residual stream
+:meth:`BlockCache.capture` runs the model once without a graph through block ``k`` (the blocks
+above are called but not run) and keeps what the rest of the network reads from that part: block ``k``'s input, the projection's input, the residual stream
 the MLP output is added to, and the arguments the model hands to each block from ``k`` up
 (attention mask, rotary position embeddings, ...; caught by pre-hooks, so no architecture's
 call convention is copied here). A step then runs the projection, the blocks above and the
@@ -62,7 +62,11 @@ class BlockCache:
     @classmethod
     def capture(cls, model: nn.Module, start: int, input_ids: torch.Tensor,
                 attention_mask: Optional[torch.Tensor] = None) -> "BlockCache":
-        """One forward pass without a graph, stopped before the final norm."""
+        """One forward pass without a graph through block ``start``, stopped before the final norm.
+
+        The blocks above ``start`` are called (so that their pre-hooks see their arguments) but
+        not run: the capture costs ``start + 1`` blocks, not the whole depth.
+        """
         layout = layout_of(model)
         blocks = model.get_submodule(layout.blocks)
         projection_path = mlp_out_path(model, start)
@@ -88,6 +92,12 @@ class BlockCache:
 
         def take_residual(module, args, output):
             seen["residual"] = _hidden_of(output)
+            seen["start_output"] = output
+
+        def skip_block(*args, **kwargs):
+            # Above ``start`` only the call arguments are wanted (the pre-hooks take them, and
+            # they do not depend on the hidden states): hand on block ``start``'s output unchanged.
+            return seen["start_output"]
 
         def stop(module, args):
             raise _StopForward
@@ -98,6 +108,9 @@ class BlockCache:
                   mlp.register_forward_hook(zero_mlp),
                   blocks[start].register_forward_hook(take_residual),
                   model.get_submodule(layout.final_norm).register_forward_pre_hook(stop)]
+        skipped = [(blocks[i], blocks[i].__dict__.get("forward")) for i in range(start + 1, len(blocks))]
+        for block, _ in skipped:
+            block.forward = skip_block
         try:
             with torch.no_grad():
                 # use_cache=False: a KV cache object caught in the block arguments would grow at every step.
@@ -107,6 +120,11 @@ class BlockCache:
         finally:
             for hook in hooks:
                 hook.remove()
+            for block, previous in skipped:
+                if previous is None:
+                    del block.forward
+                else:
+                    block.forward = previous
         missing = [k for k in ("block_input", "projection_input", "residual") if k not in seen]
         if missing or len(seen["calls"]) != len(blocks) - start:
             raise RuntimeError(f"BlockCache could not follow the forward pass of {type(model).__name__} "

@@ -8,7 +8,8 @@ is below ``early_stop_loss``. With a regularizer each step optimises Eq. 10,
 gradient reaches the trained weights.
 
 A step runs only what the trained weights change (sss/editors/ft_forward.py): the frozen blocks
-below run once per edit, and the LM head only where the loss reads it.
+below run once per edit, the LM head only where the loss reads it (through a transposed copy,
+sss/editors/frozen_weights.py).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from ..data.tokenize import context_length
 from ..losses import edit_loss
 from ..models import layout_of, mlp_out_path, num_blocks, second_order_attention
 from .base import Editor, EditorConfig, WeightEditHandle, register_editor, snapshot
-from .ft_forward import step_forward
+from .ft_forward import prepared_step
 
 logger = logging.getLogger(__name__)
 
@@ -168,10 +169,13 @@ class FTL(Editor):
         config, regularizer = self.config, self.regularizer
         radius = config.norm_constraint
         history = []
-        with _train_only(model, trained), torch.enable_grad():
+        # The frozen part runs once on entering prepared_step; each step runs only what the
+        # trained weights change.
+        with _train_only(model, trained), torch.enable_grad(), \
+                prepared_step(model, batch, config.objective, regularizer, min(config.layers)) as forward:
             optimizer = torch.optim.Adam(trained, lr=config.lr, weight_decay=config.weight_decay)
-            # The frozen part runs once here; each step runs only what the trained weights change.
-            forward = step_forward(model, batch, config.objective, regularizer, min(config.layers))
+            with torch.no_grad():  # the ball's bounds, once per edit (the same values at every step)
+                bounds = [(originals[name] - radius, originals[name] + radius) for name in self.parameter_names]
             steps = tqdm(range(config.steps), desc="FT-L", disable=not self.progress, leave=False)
             for step in steps:
                 optimizer.zero_grad(set_to_none=True)
@@ -190,9 +194,8 @@ class FTL(Editor):
                 loss.backward()
                 optimizer.step()
                 with torch.no_grad():
-                    for name, param in zip(self.parameter_names, trained):
-                        original = originals[name]
-                        param.copy_(torch.clamp(param, original - radius, original + radius))
+                    for param, (low, high) in zip(trained, bounds):
+                        param.clamp_(low, high)
         return history
 
 
