@@ -1,7 +1,7 @@
 """What one FT-L step computes, and how little of the model it has to run for it.
 
 FT-L trains MLP output projections and freezes everything else, so per edit
-(:func:`step_forward`):
+(:func:`prepared_step`):
 
 * the blocks below the lowest edited block, and inside it everything before the projection,
   run once (``sss.editors.block_cache.BlockCache``); a step runs the projection on the cached input,
@@ -9,18 +9,27 @@ FT-L trains MLP output projections and freezes everything else, so per edit
 * the LM head runs only at the positions the loss reads: for ``prompt_last`` the last prompt
   position of each row, for ``target_new`` (and for SSS's ``J``) the positions that predict the
   target tokens; the logits come back as a narrow ``[B, W, V]`` tensor with a matching
-  ``PairBatch``, so ``sss.losses.edit_loss`` reads the same values it reads from full logits;
+  ``PairBatch`` (``sss.losses.window``), so ``sss.losses.edit_loss`` reads the same values it
+  reads from full logits;
 * for ``prompt_last`` without a regularizer only the prompt is fed: under causal attention the
   target tokens after it cannot change the last prompt position's logits. The same holds with
   SSS on ``last_hidden`` over the prompt tokens (the default): of J's gradient there only the
   last prompt position's is non-zero (:func:`reads_last_prompt_gradient_only`), so J is replaced
   by its term for the first target token (:func:`first_target_nll`), which has that gradient;
+* otherwise the last token of the longest row is left out (:func:`fed_width`): it predicts
+  nothing either loss reads, and it changes no position before it;
 * the LM head is read through a contiguous transposed copy (sss/editors/frozen_weights.py).
 
+SSS on ``input_embeds``, or on a block at or below the lowest edited one, differentiates through
+the frozen part, so the capture keeps that part's graph (``BlockCache.capture(leaf_at=...)``):
+its forward runs once per edit and every step's two backward passes reuse it. There the target
+tokens must be fed (all but the last): J's terms for the second and later target tokens read
+positions whose hidden states depend, through attention, on every prompt embedding. The step's
+final backward must go to the trained weights only (``loss.backward(inputs=...)``, as FT-L does),
+which also skips the gradient of the embeddings nobody reads.
+
 The full forward (the straightforward loop) stays the fallback where the cache would be wrong:
-modules in training mode (dropout differs at every step), SSS with ``target="input_embeds"`` or
-a block index below the lowest edited block (the penalty differentiates through the frozen
-blocks, so they must run with a graph at every step), and regularizers that override
+modules in training mode (dropout differs at every step) and regularizers that override
 ``forward``/``loss_and_penalty`` (their computation is theirs). With ``last_hidden`` the head's
 input is the final norm's output at every position, so SSS sees the gradient at every masked
 position; positions whose logits ``J`` does not read get exactly zero gradient, as with full
@@ -39,8 +48,9 @@ from torch import nn
 from .block_cache import BlockCache
 from .frozen_weights import transposed
 from ..data import PairBatch
-from ..data.tokenize import IGNORE_INDEX
+from ..models import second_order_attention
 from ..losses import SSSRegularizer, SparsityRegularizer, target_nll
+from ..losses.window import target_window
 
 logger = logging.getLogger(__name__)
 
@@ -88,12 +98,37 @@ def full_path_reason(model, regularizer, lowest_block: int) -> Optional[str]:
     if kind.forward is not SparsityRegularizer.forward or \
             kind.loss_and_penalty is not SparsityRegularizer.loss_and_penalty:
         return f"{kind.__name__} computes its own forward pass"
-    target = regularizer.target
-    if target == "input_embeds":
-        return "SSS target input_embeds differentiates through every block"
-    if isinstance(target, int) and target < lowest_block:
-        return f"SSS target block {target} lies below the lowest edited block {lowest_block}"
     return None
+
+
+def graph_origin(regularizer: Optional[SparsityRegularizer], lowest_block: int):
+    """Where the penalty's gradient is taken if that lies in the frozen part, else None.
+
+    ``"input_embeds"``, or a block index at or below the lowest edited block: ``BlockCache``'s
+    ``leaf_at``. ``last_hidden`` and blocks above are reached by every step's own graph.
+    """
+    target = regularizer.target if regularizer is not None else None
+    if target == "input_embeds" or (isinstance(target, int) and target <= lowest_block):
+        return target
+    return None
+
+
+def fed_width(batch: PairBatch, regularizer: Optional[SparsityRegularizer], prompt_only: bool) -> int:
+    """How many columns a step feeds: the prompt only, or all but the longest row's last token.
+
+    The last target token predicts nothing the losses read (``target_nll`` drops the last
+    column) and, causally, changes no earlier position; its column (a target token) is left out
+    unless the penalty could read it: SSS over ``tokens="all"`` counts it in its mean.
+    """
+    if prompt_only:
+        return int(batch.prompt_lengths.max())
+    length = batch.input_ids.shape[1]
+    if regularizer is not None and not (type(regularizer).penalty is SSSRegularizer.penalty
+                                        and type(regularizer).token_mask is SparsityRegularizer.token_mask
+                                        and regularizer.tokens == "prompt"):
+        return length
+    longest = int((batch.prompt_lengths + batch.target_lengths).max())
+    return min(length, max(int(batch.prompt_lengths.max()), longest - 1))
 
 
 def _full_step(model, batch, regularizer) -> Callable[[], StepResult]:
@@ -107,34 +142,33 @@ def _full_step(model, batch, regularizer) -> Callable[[], StepResult]:
 
 def _cached_step(model, batch, objective, regularizer, lowest_block) -> Callable[[], StepResult]:
     prompt_only = objective == "prompt_last" and (regularizer is None or reads_last_prompt_gradient_only(regularizer))
-    width = int(batch.prompt_lengths.max()) if prompt_only else batch.input_ids.shape[1]
-    cache = BlockCache.capture(model, lowest_block, batch.input_ids[:, :width], batch.attention_mask[:, :width])
+    width = fed_width(batch, regularizer, prompt_only)
+    leaf_at = graph_origin(regularizer, lowest_block)
+    # The frozen part's graph is differentiated twice per step: its attention needs the kernels that allow it.
+    with second_order_attention(model) if leaf_at is not None else contextlib.nullcontext():
+        cache = BlockCache.capture(model, lowest_block, batch.input_ids[:, :width], batch.attention_mask[:, :width],
+                                   leaf_at=leaf_at)
     head = frozen_head(model)
     target = regularizer.target if regularizer is not None else None
     token_mask = regularizer.token_mask(batch)[:, :width] if regularizer is not None else None
-    # A block-index target equal to the edited block needs that whole block in the graph.
-    from_block_input = target == lowest_block
+    tap = target if isinstance(target, int) and target > lowest_block else None
     if prompt_only:
         # One column per row, the last prompt position; prompt_last_nll reads column prompt_length - 1.
         columns = batch.last_prompt_positions.unsqueeze(1)
         loss_batch = dataclasses.replace(batch, prompt_lengths=torch.ones_like(batch.prompt_lengths))
     else:
-        columns, loss_batch = _target_window(batch)
+        columns, loss_batch = target_window(batch)
+        # A column past the fed width is the last one of its window, whose logits no loss reads.
+        columns = columns.clamp_max(width - 1)
     rows = torch.arange(len(batch), device=columns.device).unsqueeze(1)
 
     def step():
-        if from_block_input:
-            embeddings = cache.block_input.detach().requires_grad_(True)
-            hidden, _ = cache.run_blocks(embeddings, lowest_block)
-        else:
-            tap = target if isinstance(target, int) else None
-            hidden, embeddings = cache.run_blocks(cache.block_output(), lowest_block + 1, tap=tap)
+        hidden, tapped = cache.run_blocks(cache.block_output(), lowest_block + 1, tap=tap)
         final = cache.final_hidden(hidden)
         logits = head(final[rows, columns])
         if regularizer is None:
             return logits, loss_batch, None
-        if target == "last_hidden":
-            embeddings = final
+        embeddings = final if target == "last_hidden" else tapped if tap is not None else cache.leaf
         # Prompt only: J restricted to its one term with a gradient at the prompt (see above).
         loss = first_target_nll(logits, batch) if prompt_only else target_nll(logits, loss_batch)
         penalty = regularizer.penalty(loss, embeddings, token_mask)
@@ -167,28 +201,3 @@ def frozen_head(model) -> Callable[[torch.Tensor], torch.Tensor]:
         return head
     weight_t, bias = transposed(head.weight), head.bias
     return (lambda x: x @ weight_t) if bias is None else (lambda x: x @ weight_t + bias)
-
-
-def _target_window(batch: PairBatch) -> Tuple[torch.Tensor, PairBatch]:
-    """The columns from each row's last prompt position to its last target token, as a batch.
-
-    Row b's window starts at ``prompt_length - 1`` and is ``max target length + 1`` wide, so
-    ``target_nll`` (logits at t-1 predict the label at t) and ``prompt_last_nll`` (column 0 once
-    the prompt length is 1) read exactly the predictions they read on the full batch. Columns
-    past a row's end are marked as neither prompt nor target.
-    """
-    length = batch.input_ids.shape[1]
-    offsets = torch.arange(int(batch.target_lengths.max()) + 1, device=batch.input_ids.device)
-    positions = batch.last_prompt_positions.unsqueeze(1) + offsets  # [B, W]
-    inside = positions < length
-    columns = positions.clamp_max(length - 1)
-
-    def window(tensor, fill):
-        return torch.where(inside, tensor.gather(1, columns), torch.full_like(columns, fill, dtype=tensor.dtype))
-
-    narrow = PairBatch(
-        input_ids=window(batch.input_ids, 0), attention_mask=window(batch.attention_mask, 0),
-        labels=window(batch.labels, IGNORE_INDEX), prompt_mask=window(batch.prompt_mask, False),
-        target_mask=window(batch.target_mask, False), prompt_lengths=torch.ones_like(batch.prompt_lengths),
-        target_lengths=batch.target_lengths)
-    return columns, narrow

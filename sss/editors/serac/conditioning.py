@@ -57,3 +57,10 @@ def prepend(batch: PairBatch, prefixes: Sequence[Sequence[int]], pad_id: int) ->
                      target_mask=target_mask, prompt_lengths=batch.prompt_lengths.to(device) + torch.tensor(
                          [len(p) for p in prefixes], device=device),
                      target_lengths=batch.target_lengths.to(device))
+
+
+def input_columns(prefix_lengths: Sequence[int], width: int, length: int, device) -> torch.Tensor:
+    """Columns ``[B, width]`` of prefixed rows (``length`` wide) that hold the inputs' own positions
+    0..width-1, clamped to the last column past a row's end (where the input was padding)."""
+    prefixes = torch.tensor(list(prefix_lengths), device=device).unsqueeze(1)
+    return (prefixes + torch.arange(width, device=device)).clamp_max(length - 1)

@@ -19,7 +19,7 @@ simply added and each trains as if alone (the paper: "trained independently"):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,8 @@ from ...data.tokenize import context_length
 from ...eval.metrics import argmax_agreement, token_accuracy
 from ...losses import locality_kl, target_nll
 from ...models import second_order_attention
-from .conditioning import edit_text, prefix_ids, prepend
+from .conditioning import edit_text, input_columns, prefix_ids, prepend
+from .narrow import logits_at, window_logits, window_loss_and_penalty
 
 
 @dataclass
@@ -128,38 +129,45 @@ def counterfactual_batches(tokenizer, model, requests, locality, separator: str)
     return CounterfactualBatches(edits, rephrases, loc, plain, [len(p) for p in loc_prefixes])
 
 
-def strip_prefix(logits: torch.Tensor, prefix_lengths: List[int], width: int) -> torch.Tensor:
-    """Conditioned logits [B, L', V] -> the input's own positions [B, width, V] (zeros past the end)."""
-    out = logits.new_zeros(logits.shape[0], width, logits.shape[-1])
-    for b, k in enumerate(prefix_lengths):
-        span = min(width, logits.shape[1] - k)
-        out[b, :span] = logits[b, k:k + span]
-    return out
+class Predicted(NamedTuple):
+    """Logits of a teacher-forced pass and the batch they line up with (a narrow window of the
+    conditioned batch: ``sss.losses.window.target_window``)."""
+
+    logits: torch.Tensor
+    batch: PairBatch
 
 
 def counterfactual_loss(model, base, batches: CounterfactualBatches, *, c_e: float, c_loc: float,
-                        regularizer=None) -> Tuple[torch.Tensor, Dict[str, float], Dict[str, torch.Tensor]]:
-    """``(loss, logs, logits)`` of the counterfactual model on one episode's batches."""
+                        regularizer=None) -> Tuple[torch.Tensor, Dict[str, float], Dict[str, object]]:
+    """``(loss, logs, logits)`` of the counterfactual model on one episode's batches.
+
+    The LM head runs only where a term reads (sss/editors/serac/narrow.py): ``logits["edits"]``
+    and ``["rephrases"]`` are :class:`Predicted` target windows, ``["locality"]`` the
+    counterfactual model's logits at the locality inputs' own positions, aligned with
+    ``["base_locality"]`` (the base model on ``batches.locality_plain``).
+    """
     logs: Dict[str, float] = {}
     if regularizer is not None:
         with second_order_attention(model):
-            edit_logits, edit_nll, penalty = regularizer.loss_and_penalty(model, batches.edits)
+            window, narrow, edit_nll, penalty = window_loss_and_penalty(regularizer, model, batches.edits)
+        edits = Predicted(window, narrow)
         logs["penalty"] = float(penalty.detach())
     else:
-        edit_logits = model(**batches.edits.model_inputs).logits
-        edit_nll, penalty = target_nll(edit_logits, batches.edits), None
+        edits = Predicted(*window_logits(model, batches.edits))
+        edit_nll, penalty = target_nll(*edits), None
     nlls = [edit_nll]
-    rephrase_logits = None
+    rephrases = None
     if batches.rephrases is not None:
-        rephrase_logits = model(**batches.rephrases.model_inputs).logits
-        nlls.append(target_nll(rephrase_logits, batches.rephrases))
+        rephrases = Predicted(*window_logits(model, batches.rephrases))
+        nlls.append(target_nll(*rephrases))
     edit_loss = torch.cat(nlls).mean()
 
     if c_loc > 0 or not torch.is_grad_enabled():
         with torch.no_grad():
             base_logits = base(**batches.locality_plain.model_inputs).logits
-        loc_logits = model(**batches.locality.model_inputs).logits
-        aligned = strip_prefix(loc_logits, batches.locality_prefix, base_logits.shape[1])
+        conditioned = batches.locality.input_ids
+        columns = input_columns(batches.locality_prefix, base_logits.shape[1], conditioned.shape[1], conditioned.device)
+        aligned = logits_at(model, batches.locality.model_inputs, columns)
         loc_loss = locality_kl(base_logits, aligned, batches.locality_plain.attention_mask.bool())
     else:  # the term is switched off: skip its two forward passes in training
         base_logits = aligned = None
@@ -170,7 +178,7 @@ def counterfactual_loss(model, base, batches: CounterfactualBatches, *, c_e: flo
                  "cf_loss_ori": float(loss.detach())})
     if penalty is not None:
         loss = regularizer.combine(loss, penalty)
-    logits = {"edits": edit_logits, "rephrases": rephrase_logits, "locality": aligned, "base_locality": base_logits}
+    logits = {"edits": edits, "rephrases": rephrases, "locality": aligned, "base_locality": base_logits}
     return loss, logs, logits
 
 
@@ -179,7 +187,7 @@ def counterfactual_loss(model, base, batches: CounterfactualBatches, *, c_e: flo
 
 
 def system_accuracy(editor, episode, logits, examples: ScopeExamples, batches: CounterfactualBatches,
-                    cf_logits: Dict[str, torch.Tensor]) -> Dict[str, float]:
+                    cf_logits: Dict[str, object]) -> Dict[str, float]:
     """Validation accuracy of ``editor``'s routed system, routing each bare input among the episode's edits.
 
     ``reliability``/``generality``: teacher-forced token accuracy on the edit prompts/rephrasings
@@ -203,14 +211,14 @@ def system_accuracy(editor, episode, logits, examples: ScopeExamples, batches: C
         cursor += 1 + len(r.rephrase_prompts)
     loc_rows = list(range(cursor, cursor + len(episode.locality)))
 
-    cf_edit = token_accuracy(cf_logits["edits"], batches.edits)
+    cf_edit = token_accuracy(*cf_logits["edits"])
     # Unrouted in-scope inputs are answered by the base model; it scores the same target.
     base_batch = _unconditioned_batch(editor, requests, "edits")
     base_edit = token_accuracy(editor.base_model(**base_batch.model_inputs).logits, base_batch)
     reliability = [float(cf_edit[j] if routed_own[row] else base_edit[j]) for j, row in enumerate(edit_rows)]
     metrics = {"reliability": sum(reliability) / len(reliability)}
     if n_rephrases:
-        cf_reph = token_accuracy(cf_logits["rephrases"], batches.rephrases)
+        cf_reph = token_accuracy(*cf_logits["rephrases"])
         base_batch = _unconditioned_batch(editor, requests, "rephrases")
         base_reph = token_accuracy(editor.base_model(**base_batch.model_inputs).logits, base_batch)
         generality = [float(cf_reph[j] if routed_own[row] else base_reph[j]) for j, row in enumerate(rephrase_rows)]

@@ -24,8 +24,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from .conditioning import prefix_ids
+from .conditioning import input_columns, prefix_ids
 from .memory import EditMemory, MemoryEntry
+from .narrow import logits_at
 
 UNSUPPORTED = ("inputs_embeds", "labels", "past_key_values")
 
@@ -125,10 +126,12 @@ class RoutedModel(nn.Module):
         real = [attention_mask[r].bool() for r in rows]
         sequences = [self.prefix(routing.entries[r]) + input_ids[r][m].tolist() for r, m in zip(rows, real)]
         cf_ids, cf_mask = _pad(sequences, self._pad_id(), left=False, device=input_ids.device)
-        cf_logits = self.counterfactual(input_ids=cf_ids, attention_mask=cf_mask).logits
+        # The head runs on the inputs' own positions only, not on the edit prefixes before them.
+        starts = [len(self.prefix(routing.entries[r])) for r in rows]
+        columns = input_columns(starts, max(int(m.sum()) for m in real), cf_ids.shape[1], cf_ids.device)
+        cf_logits = logits_at(self.counterfactual, {"input_ids": cf_ids, "attention_mask": cf_mask}, columns)
         for i, (r, m) in enumerate(zip(rows, real)):
-            start = len(self.prefix(routing.entries[r]))
-            logits[r, m] = cf_logits[i, start:start + int(m.sum())].to(logits.dtype)
+            logits[r, m] = cf_logits[i, :int(m.sum())].to(logits.dtype)
         from transformers.modeling_outputs import CausalLMOutputWithPast  # here: importing transformers is slow
 
         return CausalLMOutputWithPast(logits=logits)
