@@ -14,6 +14,7 @@ differentiates through every block) against a plain step, timed as the same edit
 from the medians of the process CPU time (see ``interleave``; wall-time figures are printed too).
 
     OMP_NUM_THREADS=1 python benchmarks/ftl_speed.py [--repeats 5] [--requests 10] [--sss-requests 4]
+        [--only edit|sss]
 """
 import argparse
 import contextlib
@@ -95,6 +96,7 @@ def main():
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--sss-steps", type=int, default=5, help="steps per edit when timing the SSS steps")
     parser.add_argument("--sss-requests", type=int, default=4, help="requests edited when timing the SSS steps")
+    parser.add_argument("--only", choices=("edit", "sss"), help="time only the edits or only the SSS steps")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, tokenizer = load_model("smollm2-135m")
@@ -106,12 +108,20 @@ def main():
           f"{len(requests)} CounterFact requests edited one at a time, {torch.get_num_threads()} thread, "
           f"{args.repeats} interleaved repeats (medians)")
 
+    if args.only != "sss":
+        edit_ratio(model, tokenizer, requests, args.repeats)
+    if args.only != "edit":
+        sss_ratios(model, tokenizer, requests[:args.sss_requests], args.repeats, args.sss_steps)
+
+
+def edit_ratio(model, tokenizer, requests, repeats):
+    trained = model.get_submodule(mlp_out_path(model, BLOCK)).weight
     reference_edit(model, tokenizer, requests[0], steps=2)  # warm-up
     sss_edit(model, tokenizer, requests[0], 2)
     medians, results = interleave({
         "reference": lambda r: reference_edit(model, tokenizer, r),
         "sss": lambda r: sss_edit(model, tokenizer, r, STEPS),
-    }, requests, args.repeats)
+    }, requests, repeats)
     original = trained.detach()
     # Adam's first steps are close to lr * sign(gradient), so elements whose gradient is ~0 may
     # move differently under float32 rounding; the delta as a whole is what must agree.
@@ -122,13 +132,15 @@ def main():
           f"{WALL['sss'] / WALL['reference']:.3f}); largest relative difference of the weight deltas {relative:.1e}")
     print(f"RESULT ftl_edit ratio={medians['sss'] / medians['reference']:.3f}")
 
-    steps = args.sss_steps
+
+def sss_ratios(model, tokenizer, requests, repeats, steps):
+    sss_edit(model, tokenizer, requests[0], 2, SSSRegularizer(C=0.9, target="input_embeds"))  # warm-up
     medians, _ = interleave({
         "plain": lambda r: sss_edit(model, tokenizer, r, steps),
         "last_hidden": lambda r: sss_edit(model, tokenizer, r, steps, SSSRegularizer(C=0.9)),
         "input_embeds": lambda r: sss_edit(model, tokenizer, r, steps, SSSRegularizer(C=0.9, target="input_embeds")),
-    }, requests[:args.sss_requests], args.repeats)
-    per_step = {name: value / (min(len(requests), args.sss_requests) * steps) * 1000 for name, value in medians.items()}
+    }, requests, repeats)
+    per_step = {name: value / (len(requests) * steps) * 1000 for name, value in medians.items()}
     print("FT-L step (sss, CPU ms): " + ", ".join(f"{name} {value:.1f}" for name, value in per_step.items())
           + f"; wall ratio last_hidden / plain {WALL['last_hidden'] / WALL['plain']:.3f}")
     print(f"RESULT sss_last_hidden_step ratio={medians['last_hidden'] / medians['plain']:.3f}")

@@ -18,8 +18,10 @@ from sss import FTL, EditRequest, SSSRegularizer, load_model
 from sss.editors.block_cache import BlockCache
 from sss.data import encode_pairs
 from sss.editors.frozen_weights import transposed
-from sss.editors.ft_forward import first_target_nll, full_path_reason, reads_last_prompt_gradient_only
+from sss.editors.ft_forward import (fed_width, first_target_nll, full_path_reason, graph_origin,
+                                   reads_last_prompt_gradient_only)
 from sss.losses import target_nll
+from sss.losses.base import forward_with_embeddings
 from sss.losses import edit_loss
 from sss.models import second_order_attention
 
@@ -127,15 +129,21 @@ def test_float32_edit_matches_the_reference(tiny_llama):
     compare(*tiny_llama, objective="target_new", layers=(0, 1), tolerance=FLOAT32)
     compare(*tiny_llama, objective="prompt_last", layers=(1,), regularizer=SSSRegularizer(C=0.5, target=1),
             tolerance=FLOAT32)
+    compare(*tiny_llama, objective="prompt_last", layers=(1,), regularizer=SSSRegularizer(C=0.9, target="input_embeds"),
+            tolerance=FLOAT32)
     assert not [name for name, module in model.named_modules() if "forward" in module.__dict__]
 
 
-def test_targets_the_cache_cannot_serve_take_the_full_path(tiny_gpt2):
+def test_only_training_mode_and_own_forward_passes_take_the_full_path(tiny_gpt2):
     model, _ = tiny_gpt2
     assert full_path_reason(model, None, 0) is None
     assert full_path_reason(model, SSSRegularizer(), 1) is None
-    assert "input_embeds" in full_path_reason(model, SSSRegularizer(target="input_embeds"), 0)
-    assert "below the lowest edited block" in full_path_reason(model, SSSRegularizer(target=0), 1)
+    assert full_path_reason(model, SSSRegularizer(target="input_embeds"), 0) is None
+
+    class OwnForward(SSSRegularizer):
+        def forward(self, model, batch, call=None):
+            return super().forward(model, batch, call)
+    assert "computes its own forward pass" in full_path_reason(model, OwnForward(), 0)
     model.train()
     try:
         assert "training mode" in full_path_reason(model, None, 0)
@@ -143,9 +151,74 @@ def test_targets_the_cache_cannot_serve_take_the_full_path(tiny_gpt2):
         model.eval()
 
 
-def test_full_path_edits_match_the_reference(model64):
+def test_penalties_inside_the_frozen_part_keep_its_graph():
+    assert graph_origin(SSSRegularizer(target="input_embeds"), 3) == "input_embeds"
+    assert graph_origin(SSSRegularizer(target=3), 3) == 3 and graph_origin(SSSRegularizer(target=1), 3) == 1
+    assert graph_origin(SSSRegularizer(target=4), 3) is None and graph_origin(SSSRegularizer(), 3) is None
+    assert graph_origin(None, 3) is None
+
+
+@pytest.mark.parametrize("objective", ["prompt_last", "target_new"])
+@pytest.mark.parametrize("tokens", ["prompt", "all"])
+def test_sss_input_embeds_edit_matches_the_reference(model64, objective, tokens):
+    compare(*model64, objective=objective, layers=(1,), regularizer=SSSRegularizer(C=0.9, target="input_embeds",
+                                                                                    tokens=tokens))
+
+
+def test_sss_below_the_edited_block_matches_the_reference(model64):
     compare(*model64, objective="target_new", layers=(1,), regularizer=SSSRegularizer(C=0.9, target=0))
-    compare(*model64, objective="prompt_last", regularizer=SSSRegularizer(C=0.9, target="input_embeds"))
+    compare(*model64, objective="prompt_last", layers=(0, 1), regularizer=SSSRegularizer(C=0.9, target=0))
+
+
+def test_input_embeds_edit_runs_the_frozen_part_once(tiny_llama):
+    # The frozen block's forward (block 0 below the edited block 1) runs in the capture only;
+    # every step differentiates the graph it left.
+    model, tokenizer = tiny_llama
+    runs = []
+    hook = model.model.layers[0].mlp.register_forward_hook(lambda *args: runs.append(1))
+    try:
+        editor = FTL(model, tokenizer, layers=(1,), regularizer=SSSRegularizer(C=0.9, target="input_embeds"),
+                     **OPTIONS)
+        with editor.edit(REQUESTS) as handle:
+            assert len(handle.info["history"]) == STEPS
+    finally:
+        hook.remove()
+    assert len(runs) == 1
+
+
+def test_input_embeds_penalty_needs_the_target_tokens_but_not_the_last(model64):
+    # Why that path feeds the target (unlike last_hidden): over the prompt, dJ/dx of the input
+    # embeddings with the target fed differs from that of J's first term with the prompt alone,
+    # and equals the one with every token but the last fed.
+    model, tokenizer = model64
+    batch = encode_pairs(tokenizer, ["The capital of France is"], ["the city of Rome"])
+    assert int(batch.target_lengths) >= 2
+    embed = model.get_input_embeddings()
+    rows = torch.arange(1).unsqueeze(1)
+
+    def prompt_gradient(width, loss_of):
+        x = embed(batch.input_ids).detach().requires_grad_(True)
+        logits = model(inputs_embeds=x[:, :width], attention_mask=batch.attention_mask[:, :width]).logits
+        (grad,) = torch.autograd.grad(loss_of(logits).sum(), x)
+        return grad[batch.prompt_mask]
+
+    length, prompt = batch.input_ids.shape[1], int(batch.prompt_lengths)
+    full = prompt_gradient(length, lambda logits: target_nll(logits, batch))
+    without_last = prompt_gradient(length - 1, lambda logits: target_nll(
+        torch.cat([logits, torch.zeros_like(logits[:, :1])], 1), batch))
+    prompt_alone = prompt_gradient(prompt, lambda logits: first_target_nll(logits[rows, prompt - 1], batch))
+    torch.testing.assert_close(without_last, full, **FLOAT64)
+    assert (prompt_alone - full).abs().max() > 1e-3 * full.abs().max()
+
+
+def test_fed_width_keeps_the_last_token_only_where_the_penalty_counts_it(tiny_gpt2):
+    _, tokenizer = tiny_gpt2
+    batch = encode_pairs(tokenizer, [r.prompt for r in REQUESTS], [r.target_new for r in REQUESTS])
+    length = batch.input_ids.shape[1]
+    assert fed_width(batch, None, prompt_only=True) == int(batch.prompt_lengths.max())
+    assert fed_width(batch, None, prompt_only=False) == length - 1
+    assert fed_width(batch, SSSRegularizer(target="input_embeds"), prompt_only=False) == length - 1
+    assert fed_width(batch, SSSRegularizer(target="input_embeds", tokens="all"), prompt_only=False) == length
 
 
 @pytest.mark.parametrize("start", [0, 1])
@@ -163,6 +236,31 @@ def test_block_cache_reproduces_the_forward_bit_for_bit(tiny_gpt2, tiny_llama, s
         assert not model._forward_hooks and not model._forward_pre_hooks
         assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
         assert all("forward" not in m.__dict__ for m in model.modules())  # the skipped blocks run again
+
+
+@pytest.mark.parametrize("leaf_at", ["input_embeds", 0, 1])
+def test_block_cache_leaf_carries_the_frozen_part_gradient(model64, leaf_at):
+    # The cached tensors' graph from the leaf gives the model's own gradient of the logits.
+    model, tokenizer = model64
+    batch = encode_pairs(tokenizer, [r.prompt for r in REQUESTS], [r.target_new for r in REQUESTS])
+    cache = BlockCache.capture(model, 1, batch.input_ids, batch.attention_mask, leaf_at=leaf_at)
+    hidden, _ = cache.run_blocks(cache.block_output(), 2)
+    logits = model.get_output_embeddings()(cache.final_hidden(hidden))
+    weights = torch.randn_like(logits)
+    (grad,) = torch.autograd.grad((logits * weights).sum(), cache.leaf)
+    expected_logits, x = forward_with_embeddings(model, batch, leaf_at)  # what the reference loop differentiates
+    (expected,) = torch.autograd.grad((expected_logits * weights).sum(), x)
+    torch.testing.assert_close(logits, expected_logits, **FLOAT64)
+    torch.testing.assert_close(grad, expected, **FLOAT64)
+    assert grad.abs().sum() > 0
+
+
+def test_block_cache_refuses_a_leaf_above_its_block(tiny_gpt2):
+    model, tokenizer = tiny_gpt2
+    batch = encode_pairs(tokenizer, ["a b"], ["c"])
+    for bad in (1, "last_hidden", -1):
+        with pytest.raises(ValueError, match="leaf_at"):
+            BlockCache.capture(model, 0, batch.input_ids, leaf_at=bad)
 
 
 def test_block_cache_capture_does_not_run_the_blocks_above(tiny_llama):

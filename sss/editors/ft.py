@@ -191,7 +191,9 @@ class FTL(Editor):
                 if record["edit_loss"] < config.early_stop_loss:
                     break
                 loss = edit if penalty is None else regularizer.combine(edit, penalty)
-                loss.backward()
+                # To the trained weights only: the graph of a frozen part kept for SSS (see
+                # ft_forward) is neither differentiated for nothing nor freed.
+                loss.backward(inputs=trained)
                 optimizer.step()
                 with torch.no_grad():
                     for param, (low, high) in zip(trained, bounds):
