@@ -127,6 +127,14 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    """Leave the process group (safe to call when none is active)."""
+    """Leave the process group (safe to call when none is active).
+
+    Every rank first waits for the others: a gloo rank that tears its group down while a peer is
+    still writing (rank 0 merging the report) can abort the process at exit ("terminate called
+    without an active exception"), which torchrun reports as a failed run.
+    """
     if is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
