@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -74,6 +74,20 @@ def layout_of(model: nn.Module) -> ModelLayout:
         raise ValueError(f"unknown architecture {model_type!r}; sss knows: {', '.join(sorted(ARCHITECTURES))}. "
                          "Add a ModelLayout to sss.models.ARCHITECTURES to support it.")
     return ARCHITECTURES[model_type]
+
+
+def backbone(model: nn.Module) -> Optional[nn.Module]:
+    """The module whose ``last_hidden_state`` is ``model``'s LM-head input, or None when unknown.
+
+    For the architectures of :data:`ARCHITECTURES` the causal LM's logits are
+    ``lm_head(backbone(...).last_hidden_state)`` and nothing more (no logit scaling or
+    soft-capping), so an editor may run the backbone and apply the head where it reads it.
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    inner = getattr(model, "base_model", None)
+    if model_type not in ARCHITECTURES or inner is None or inner is model:
+        return None
+    return inner
 
 
 def num_blocks(model: nn.Module) -> int:

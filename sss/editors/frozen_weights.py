@@ -8,43 +8,32 @@ view): ~35 ms less CPU time per SmolLM2 step (225 -> 190 ms, benchmarks/ftl_spee
 2-core EPYC). Equal to ``F.linear`` to float rounding (another summation order), not bit for bit.
 
 The copy is kept per weight while its storage and version counter are unchanged (the head is
-frozen edit after edit, so it is made once per process) and dropped when the weight is freed;
-:func:`forget_prepared` drops it at once.
+frozen edit after edit, so it is made once per process) and dropped when the weight is freed.
 """
 from __future__ import annotations
 
 import weakref
-from typing import Callable, Dict, Tuple
+from typing import Dict, Tuple
 
 import torch
 
-# id(weight) -> (weakref to it, (data_ptr, version), prepared tensors)
-_PREPARED: Dict[int, Tuple[weakref.ref, tuple, tuple]] = {}
-
-
-def _prepared(weight: torch.Tensor, make: Callable[[torch.Tensor], tuple], kind: str) -> tuple:
-    """``make(weight)``, reused while the weight's storage and version counter are unchanged."""
-    key = (id(weight), kind)
-    stamp = (weight.data_ptr(), weight._version)
-    entry = _PREPARED.get(key)
-    if entry is not None and entry[0]() is weight and entry[1] == stamp:
-        return entry[2]
-    with torch.no_grad():
-        value = make(weight.detach())
-    if entry is None or entry[0]() is not weight:
-        # The copies go when the weight goes (a model deleted in a long-running study).
-        weakref.finalize(weight, _PREPARED.pop, key, None)
-    _PREPARED[key] = (weakref.ref(weight), stamp, value)
-    return value
-
-
-def forget_prepared() -> None:
-    """Drop every prepared copy (they are rebuilt on the next use)."""
-    _PREPARED.clear()
+# id(weight) -> (weakref to it, (data_ptr, version) when the copy was made, the copy)
+_TRANSPOSED: Dict[int, Tuple[weakref.ref, tuple, torch.Tensor]] = {}
 
 
 def transposed(weight: torch.Tensor) -> torch.Tensor:
-    """A contiguous ``weight.t()`` that never requires grad (for frozen weights only)."""
+    """A contiguous ``weight.t()`` that never requires grad (for frozen weights only), reused
+    while the weight's storage and version counter are unchanged."""
     if weight.requires_grad:
         raise ValueError("transposed() is for frozen weights; this one requires grad")
-    return _prepared(weight, lambda w: (w.t().contiguous(),), "transposed")[0]
+    key, stamp = id(weight), (weight.data_ptr(), weight._version)
+    entry = _TRANSPOSED.get(key)
+    if entry is not None and entry[0]() is weight and entry[1] == stamp:
+        return entry[2]
+    with torch.no_grad():
+        copy = weight.detach().t().contiguous()
+    if entry is None or entry[0]() is not weight:
+        # The copy goes when the weight goes (a model deleted in a long-running study).
+        weakref.finalize(weight, _TRANSPOSED.pop, key, None)
+    _TRANSPOSED[key] = (weakref.ref(weight), stamp, copy)
+    return copy

@@ -28,7 +28,7 @@ from ..data.tokenize import context_length
 from ..losses import edit_loss
 from ..models import layout_of, mlp_out_path, num_blocks, second_order_attention
 from .base import Editor, EditorConfig, WeightEditHandle, register_editor, snapshot
-from .ft_forward import prepared_step
+from .ft_forward import step_forward
 
 logger = logging.getLogger(__name__)
 
@@ -169,10 +169,9 @@ class FTL(Editor):
         config, regularizer = self.config, self.regularizer
         radius = config.norm_constraint
         history = []
-        # The frozen part runs once on entering prepared_step; each step runs only what the
-        # trained weights change.
-        with _train_only(model, trained), torch.enable_grad(), \
-                prepared_step(model, batch, config.objective, regularizer, min(config.layers)) as forward:
+        with _train_only(model, trained), torch.enable_grad():
+            # The frozen part runs once here; each step runs only what the trained weights change.
+            forward = step_forward(model, batch, config.objective, regularizer, min(config.layers))
             optimizer = torch.optim.Adam(trained, lr=config.lr, weight_decay=config.weight_decay)
             with torch.no_grad():  # the ball's bounds, once per edit (the same values at every step)
                 bounds = [(originals[name] - radius, originals[name] + radius) for name in self.parameter_names]

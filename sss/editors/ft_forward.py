@@ -1,7 +1,7 @@
 """What one FT-L step computes, and how little of the model it has to run for it.
 
 FT-L trains MLP output projections and freezes everything else, so per edit
-(:func:`prepared_step`):
+(:func:`step_forward`):
 
 * the blocks below the lowest edited block, and inside it everything before the projection,
   run once (``sss.editors.block_cache.BlockCache``); a step runs the projection on the cached input,
@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -49,18 +49,17 @@ from .block_cache import BlockCache
 from .frozen_weights import transposed
 from ..data import PairBatch
 from ..models import second_order_attention
-from ..losses import SSSRegularizer, SparsityRegularizer, target_nll
-from ..losses.window import target_window
+from ..losses import SSSRegularizer, SparsityRegularizer, runs_base_forward, target_nll
+from ..losses.window import at_columns, target_window
 
 logger = logging.getLogger(__name__)
 
 StepResult = Tuple[torch.Tensor, PairBatch, Optional[torch.Tensor]]  # logits, batch they match, penalty
 
 
-@contextlib.contextmanager
-def prepared_step(model, batch: PairBatch, objective: str, regularizer: Optional[SparsityRegularizer],
-                  lowest_block: int) -> Iterator[Callable[[], StepResult]]:
-    """Within the block, a function that runs one step's forward: ``() -> (logits, loss batch, penalty or None)``.
+def step_forward(model, batch: PairBatch, objective: str, regularizer: Optional[SparsityRegularizer],
+                 lowest_block: int) -> Callable[[], StepResult]:
+    """A function that runs one step's forward: ``() -> (logits, loss batch, penalty or None)``.
 
     Call it with only the trained weights requiring grad (FT-L's ``_train_only``): the LM head
     is then frozen and read through its transposed copy.
@@ -68,9 +67,15 @@ def prepared_step(model, batch: PairBatch, objective: str, regularizer: Optional
     reason = full_path_reason(model, regularizer, lowest_block)
     if reason is not None:
         logger.debug("FT-L runs the full forward at every step: %s", reason)
-        yield _full_step(model, batch, regularizer)
-        return
-    yield _cached_step(model, batch, objective, regularizer, lowest_block)
+        return _full_step(model, batch, regularizer)
+    return _cached_step(model, batch, objective, regularizer, lowest_block)
+
+
+def _sss_over_prompt(regularizer: SparsityRegularizer) -> bool:
+    """Whether the penalty is SSS's own over the prompt tokens (what the shortcuts below rely on)."""
+    kind = type(regularizer)
+    return (regularizer.tokens == "prompt" and kind.penalty is SSSRegularizer.penalty
+            and kind.token_mask is SparsityRegularizer.token_mask)
 
 
 def reads_last_prompt_gradient_only(regularizer: Optional[SparsityRegularizer]) -> bool:
@@ -81,11 +86,7 @@ def reads_last_prompt_gradient_only(regularizer: Optional[SparsityRegularizer]) 
     that predict the target, so of the prompt positions only the last one has a non-zero
     gradient, ``-(1/T) d log p(first target token) / dx``. That position sees only the prompt.
     """
-    if regularizer is None:
-        return False
-    kind = type(regularizer)
-    return (regularizer.target == "last_hidden" and regularizer.tokens == "prompt"
-            and kind.penalty is SSSRegularizer.penalty and kind.token_mask is SparsityRegularizer.token_mask)
+    return regularizer is not None and regularizer.target == "last_hidden" and _sss_over_prompt(regularizer)
 
 
 def full_path_reason(model, regularizer, lowest_block: int) -> Optional[str]:
@@ -94,10 +95,8 @@ def full_path_reason(model, regularizer, lowest_block: int) -> Optional[str]:
         return "modules are in training mode"
     if regularizer is None:
         return None
-    kind = type(regularizer)
-    if kind.forward is not SparsityRegularizer.forward or \
-            kind.loss_and_penalty is not SparsityRegularizer.loss_and_penalty:
-        return f"{kind.__name__} computes its own forward pass"
+    if not runs_base_forward(regularizer):
+        return f"{type(regularizer).__name__} computes its own forward pass"
     return None
 
 
@@ -123,9 +122,7 @@ def fed_width(batch: PairBatch, regularizer: Optional[SparsityRegularizer], prom
     if prompt_only:
         return int(batch.prompt_lengths.max())
     length = batch.input_ids.shape[1]
-    if regularizer is not None and not (type(regularizer).penalty is SSSRegularizer.penalty
-                                        and type(regularizer).token_mask is SparsityRegularizer.token_mask
-                                        and regularizer.tokens == "prompt"):
+    if regularizer is not None and not _sss_over_prompt(regularizer):
         return length
     longest = int((batch.prompt_lengths + batch.target_lengths).max())
     return min(length, max(int(batch.prompt_lengths.max()), longest - 1))
@@ -160,12 +157,11 @@ def _cached_step(model, batch, objective, regularizer, lowest_block) -> Callable
         columns, loss_batch = target_window(batch)
         # A column past the fed width is the last one of its window, whose logits no loss reads.
         columns = columns.clamp_max(width - 1)
-    rows = torch.arange(len(batch), device=columns.device).unsqueeze(1)
 
     def step():
         hidden, tapped = cache.run_blocks(cache.block_output(), lowest_block + 1, tap=tap)
         final = cache.final_hidden(hidden)
-        logits = head(final[rows, columns])
+        logits = head(at_columns(final, columns))
         if regularizer is None:
             return logits, loss_batch, None
         embeddings = final if target == "last_hidden" else tapped if tap is not None else cache.leaf

@@ -1,5 +1,5 @@
 """Losses: the edit and locality objectives, and the sparsity regularizers. Knows no editor."""
-from .base import SparsityRegularizer, forward_with_embeddings
+from .base import SparsityRegularizer, forward_with_embeddings, runs_base_forward
 from .edit import edit_loss, locality_kl, prompt_last_nll, target_log_probs, target_nll
 from .rebuild import register_regularizer, regularizer_from_description
 from .sss import SSSRegularizer
@@ -7,4 +7,4 @@ from .recipe import SSSTerms, sss_loss, sss_penalty, sss_terms
 
 __all__ = ["SparsityRegularizer", "SSSRegularizer", "forward_with_embeddings", "edit_loss", "locality_kl",
            "prompt_last_nll", "register_regularizer", "regularizer_from_description", "target_log_probs",
-           "target_nll", "SSSTerms", "sss_loss", "sss_penalty", "sss_terms"]
+           "target_nll", "runs_base_forward", "SSSTerms", "sss_loss", "sss_penalty", "sss_terms"]

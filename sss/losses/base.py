@@ -113,6 +113,17 @@ class SparsityRegularizer(ABC):
         return f"{type(self).__name__}({options})"
 
 
+def runs_base_forward(regularizer: SparsityRegularizer) -> bool:
+    """Whether ``regularizer`` computes its logits, embeddings and J as the base class does.
+
+    Editors that compute them more cheaply (the LM head only where J reads it, a cached frozen
+    part) may stand in for the base class's forward only; a subclass overriding ``forward`` or
+    ``loss_and_penalty`` owns its computation and runs as written.
+    """
+    kind = type(regularizer)
+    return kind.forward is SparsityRegularizer.forward and kind.loss_and_penalty is SparsityRegularizer.loss_and_penalty
+
+
 def forward_with_embeddings(model: nn.Module, batch: PairBatch, target: str, call: Optional[Callable] = None
                             ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Forward ``batch`` and return the logits with the embeddings the gradient is taken against.

@@ -18,9 +18,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-# Architectures whose causal LM computes logits as ``lm_head(base_model(...)[0])`` and nothing more
-# (no logit scaling or soft-capping), so the gradient above is the model's own.
-PLAIN_HEAD_MODEL_TYPES = ("gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "qwen3")
+from ...models import backbone
+
 # Bytes of the head per chunk on the CPU: 512 × 576 floats (1.2 MB) stay in a core's cache while
 # both of the chunk's matmuls read them. On an accelerator a few large chunks (fewer launches).
 CPU_CHUNK_BYTES = 512 * 576 * 4
@@ -29,16 +28,13 @@ ACCELERATOR_CHUNK_ROWS = 8192
 
 def split_head(model: nn.Module):
     """``(prefix, base, head)`` when ``model``'s logits are ``head(base(...)[0])`` with ``base`` the
-    submodule at ``prefix``; None for anything else (the caller then runs the whole model)."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in PLAIN_HEAD_MODEL_TYPES or not hasattr(model, "get_output_embeddings"):
+    submodule at ``prefix`` (``sss.models.backbone``) and ``head`` a plain ``nn.Linear``; None for
+    anything else (the caller then runs the whole model)."""
+    base = backbone(model)
+    head = model.get_output_embeddings() if base is not None else None
+    if type(head) is not nn.Linear:
         return None
-    prefix = getattr(model, "base_model_prefix", "")
-    base = getattr(model, prefix, None) if prefix else None
-    head = model.get_output_embeddings()
-    if not isinstance(base, nn.Module) or base is model or type(head) is not nn.Linear:
-        return None
-    return prefix, base, head
+    return model.base_model_prefix, base, head
 
 
 def nll_hidden_gradient(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],

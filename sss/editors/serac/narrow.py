@@ -5,7 +5,7 @@ blocks, and SERAC's losses read few positions: the target predictions of the con
 prompts (not the edit prefix in front of them), the locality inputs' own positions. So the
 model's backbone runs on the whole sequence (every position feeds attention) and the head only
 on the chosen columns. For the architectures of ``sss.models.ARCHITECTURES`` the causal LM's
-forward is ``lm_head(backbone(...).last_hidden_state)``, so the logits kept are the ones the full
+forward is ``lm_head(backbone(...).last_hidden_state)`` (``sss.models.backbone``), so the logits kept are the ones the full
 forward computes, and gradients are those of full logits (a column no loss reads gets zero
 gradient there too). Dropout lives in the backbone, so even in training mode the random draws
 are the full forward's. Any other model runs in full and the columns are taken from its logits.
@@ -23,18 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...data import PairBatch
-from ...losses import SparsityRegularizer, target_nll
+from ...losses import SparsityRegularizer, runs_base_forward, target_nll
 from ...losses.window import at_columns, target_window
-from ...models import ARCHITECTURES
-
-
-def backbone(model: nn.Module) -> Optional[nn.Module]:
-    """The module whose ``last_hidden_state`` is ``model``'s LM-head input, or None when unknown."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    inner = getattr(model, "base_model", None)
-    if model_type not in ARCHITECTURES or inner is None or inner is model:
-        return None
-    return inner
+from ...models import backbone
 
 
 def final_hidden(model: nn.Module, inputs: dict) -> Optional[torch.Tensor]:
@@ -72,9 +63,7 @@ def window_logits(model: nn.Module, batch: PairBatch) -> Tuple[torch.Tensor, Pai
 def narrow_penalty_applies(regularizer: SparsityRegularizer) -> bool:
     """Whether the regularizer's penalty reads the head's input and ``J`` as the base class computes
     them (a subclass with its own forward or loss runs in full, its computation being its own)."""
-    kind = type(regularizer)
-    return (regularizer.target == "last_hidden" and kind.forward is SparsityRegularizer.forward
-            and kind.loss_and_penalty is SparsityRegularizer.loss_and_penalty)
+    return regularizer.target == "last_hidden" and runs_base_forward(regularizer)
 
 
 def window_loss_and_penalty(regularizer: SparsityRegularizer, model: nn.Module, batch: PairBatch

@@ -124,11 +124,12 @@ class RoutedModel(nn.Module):
             return output
         logits = output.logits.clone()
         real = [attention_mask[r].bool() for r in rows]
-        sequences = [self.prefix(routing.entries[r]) + input_ids[r][m].tolist() for r, m in zip(rows, real)]
+        prefixes = [self.prefix(routing.entries[r]) for r in rows]
+        sequences = [prefix + input_ids[r][m].tolist() for prefix, r, m in zip(prefixes, rows, real)]
         cf_ids, cf_mask = _pad(sequences, self._pad_id(), left=False, device=input_ids.device)
         # The head runs on the inputs' own positions only, not on the edit prefixes before them.
-        starts = [len(self.prefix(routing.entries[r])) for r in rows]
-        columns = input_columns(starts, max(int(m.sum()) for m in real), cf_ids.shape[1], cf_ids.device)
+        columns = input_columns([len(prefix) for prefix in prefixes], max(int(m.sum()) for m in real),
+                                cf_ids.shape[1], cf_ids.device)
         cf_logits = logits_at(self.counterfactual, {"input_ids": cf_ids, "attention_mask": cf_mask}, columns)
         for i, (r, m) in enumerate(zip(rows, real)):
             logits[r, m] = cf_logits[i, :int(m.sum())].to(logits.dtype)
