@@ -7,6 +7,11 @@ step, the full LM head, Adam, the clamp. Both sides edit the same requests with 
 hyper-parameters, interleaved, repeated; each figure is the median of the repeats. The final
 weights of the two sides are compared so that a fast wrong result cannot pass.
 
+Then the same requests through ``FTL.edit_each`` (``RESULT ftl_edit_each``): the same
+independent edits, all trained together in one padded batch so that the frozen blocks are read
+once per step for every request (sss/editors/ft_parallel.py), against the reference loop one by
+one; the weights are compared the same way.
+
 Then the cost of SSS on the optimised path: a step with ``SSSRegularizer(target="last_hidden")``
 and with ``target="input_embeds"`` (which must run the full model at every step: the penalty
 differentiates through every block) against a plain step, timed as the same edits of
@@ -14,7 +19,7 @@ differentiates through every block) against a plain step, timed as the same edit
 from the medians of the process CPU time (see ``interleave``; wall-time figures are printed too).
 
     OMP_NUM_THREADS=1 python benchmarks/ftl_speed.py [--repeats 5] [--requests 10] [--sss-requests 4]
-        [--only edit|sss]
+        [--only edit|each|sss]
 """
 import argparse
 import contextlib
@@ -65,9 +70,25 @@ def sss_edit(model, tokenizer, request, steps, regularizer=None):
         return model.get_parameter(name).detach().clone()
 
 
+def sss_edit_each(model, tokenizer, requests, at_once):
+    """The same edits through ``FTL.edit_each``: ``at_once`` of them trained together, each alone in effect."""
+    editor = FTL(model, tokenizer, layers=(BLOCK,), norm_constraint=RADIUS, lr=LR, steps=STEPS,
+                 early_stop_loss=-1.0, progress=False)
+    name = mlp_out_path(model, BLOCK) + ".weight"
+    trained = []
+    for handle in editor.edit_each(requests, at_once=at_once):
+        trained.append(model.get_parameter(name).detach().clone())
+        handle.restore()
+    return trained
+
+
+def one_at_a_time(function):
+    return lambda requests: [function(request) for request in requests]
+
+
 def timed(function, requests):
     start, cpu = time.perf_counter(), time.process_time()
-    results = [function(request) for request in requests]
+    results = function(requests)
     return (time.process_time() - cpu, time.perf_counter() - start), results
 
 
@@ -96,7 +117,8 @@ def main():
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--sss-steps", type=int, default=5, help="steps per edit when timing the SSS steps")
     parser.add_argument("--sss-requests", type=int, default=4, help="requests edited when timing the SSS steps")
-    parser.add_argument("--only", choices=("edit", "sss"), help="time only the edits or only the SSS steps")
+    parser.add_argument("--only", choices=("edit", "each", "sss"),
+                        help="time only the one-at-a-time edits, only edit_each, or only the SSS steps")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, tokenizer = load_model("smollm2-135m")
@@ -108,9 +130,11 @@ def main():
           f"{len(requests)} CounterFact requests edited one at a time, {torch.get_num_threads()} thread, "
           f"{args.repeats} interleaved repeats (medians)")
 
-    if args.only != "sss":
+    if args.only in (None, "edit"):
         edit_ratio(model, tokenizer, requests, args.repeats)
-    if args.only != "edit":
+    if args.only in (None, "each"):
+        edit_each_ratio(model, tokenizer, requests, args.repeats)
+    if args.only in (None, "sss"):
         sss_ratios(model, tokenizer, requests[:args.sss_requests], args.repeats, args.sss_steps)
 
 
@@ -119,8 +143,8 @@ def edit_ratio(model, tokenizer, requests, repeats):
     reference_edit(model, tokenizer, requests[0], steps=2)  # warm-up
     sss_edit(model, tokenizer, requests[0], 2)
     medians, results = interleave({
-        "reference": lambda r: reference_edit(model, tokenizer, r),
-        "sss": lambda r: sss_edit(model, tokenizer, r, STEPS),
+        "reference": one_at_a_time(lambda r: reference_edit(model, tokenizer, r)),
+        "sss": one_at_a_time(lambda r: sss_edit(model, tokenizer, r, STEPS)),
     }, requests, repeats)
     original = trained.detach()
     # Adam's first steps are close to lr * sign(gradient), so elements whose gradient is ~0 may
@@ -133,12 +157,31 @@ def edit_ratio(model, tokenizer, requests, repeats):
     print(f"RESULT ftl_edit ratio={medians['sss'] / medians['reference']:.3f}")
 
 
+def edit_each_ratio(model, tokenizer, requests, repeats):
+    """All the requests' edits through ``FTL.edit_each`` (trained together) vs the reference loop, one by one."""
+    trained = model.get_submodule(mlp_out_path(model, BLOCK)).weight
+    sss_edit_each(model, tokenizer, requests[:2], 2)  # warm-up
+    medians, results = interleave({
+        "reference": one_at_a_time(lambda r: reference_edit(model, tokenizer, r)),
+        "each": lambda rs: sss_edit_each(model, tokenizer, rs, len(rs)),
+    }, requests, repeats)
+    original = trained.detach()
+    relative = max(((a - b).norm() / (b - original).norm()).item()
+                   for a, b in zip(results["each"], results["reference"]))
+    print(f"FT-L edits of {len(requests)} requests, reference loop one by one: {medians['reference']:.2f} s CPU "
+          f"({WALL['reference']:.2f} s wall); edit_each, all trained together: {medians['each']:.2f} s CPU "
+          f"({WALL['each']:.2f} s wall, wall ratio {WALL['each'] / WALL['reference']:.3f}); largest relative "
+          f"difference of the weight deltas {relative:.1e}")
+    print(f"RESULT ftl_edit_each ratio={medians['each'] / medians['reference']:.3f}")
+
+
 def sss_ratios(model, tokenizer, requests, repeats, steps):
     sss_edit(model, tokenizer, requests[0], 2, SSSRegularizer(C=0.9, target="input_embeds"))  # warm-up
     medians, _ = interleave({
-        "plain": lambda r: sss_edit(model, tokenizer, r, steps),
-        "last_hidden": lambda r: sss_edit(model, tokenizer, r, steps, SSSRegularizer(C=0.9)),
-        "input_embeds": lambda r: sss_edit(model, tokenizer, r, steps, SSSRegularizer(C=0.9, target="input_embeds")),
+        "plain": one_at_a_time(lambda r: sss_edit(model, tokenizer, r, steps)),
+        "last_hidden": one_at_a_time(lambda r: sss_edit(model, tokenizer, r, steps, SSSRegularizer(C=0.9))),
+        "input_embeds": one_at_a_time(
+            lambda r: sss_edit(model, tokenizer, r, steps, SSSRegularizer(C=0.9, target="input_embeds"))),
     }, requests, repeats)
     per_step = {name: value / (len(requests) * steps) * 1000 for name, value in medians.items()}
     print("FT-L step (sss, CPU ms): " + ", ".join(f"{name} {value:.1f}" for name, value in per_step.items())

@@ -158,3 +158,17 @@ def test_runs_sharing_an_out_folder_keep_every_report_and_the_table_shows_them_a
     table = (out / "table.md").read_text()
     assert table.count("2 requests · mode single") == 1  # the same requests: one table, a column per report
     assert "FT-L [seed=0] | FT-L [seed=1] | FT-L w/ SSS (C=0.9) |" in table
+
+
+def test_edits_at_once_trains_single_edits_together_and_refuses_other_modes(tmp_path, capsys):
+    out = tmp_path / "out"
+    common = ["eval", "--model", "tiny-llama", "--data", "demo", "--limit", "3", "--option", "steps=2",
+              "--no-generate", "--no-progress"]
+    assert cli.main(common + ["--edits-at-once", "3", "--out", str(out / "together")]) == 0
+    assert cli.main(common + ["--out", str(out / "alone")]) == 0
+    together, alone = (json.loads(next((out / side).glob("results_*.json")).read_text()) for side in ("together", "alone"))
+    assert together["settings"]["edits_at_once"] == 3 and "edits_at_once" not in alone["settings"]
+    assert [r["post"] for r in together["records"]] == [r["post"] for r in alone["records"]]
+    with pytest.raises(SystemExit):
+        cli.main(common + ["--mode", "sequential", "--edits-at-once", "2", "--out", str(out / "bad")])
+    assert "--edits-at-once applies to --mode single" in capsys.readouterr().err

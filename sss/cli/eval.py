@@ -68,6 +68,10 @@ def add_command(subparsers) -> None:
     parser.add_argument("--checkpoints", type=positive_int, nargs="+", default=(), metavar="N",
                         help="sequential: also summarise the first N edits after the N-th edit (e.g. 1 10 100), "
                              "drawn as sequential.png")
+    parser.add_argument("--edits-at-once", type=positive_int, default=1, metavar="K",
+                        help="single mode, FT-L without SSS: train K of the independent edits together (each is "
+                             "still measured and undone alone; same weights to float rounding, faster; "
+                             "default: %(default)s)")
     parser.add_argument("--baseline", action="store_true", help="with --sss-c: also run the editor without SSS")
     add_model_option(parser)
     add_measurement_options(parser, out="sss-results/eval")
@@ -91,6 +95,8 @@ def _run(args, distributed) -> int:
     args.progress = args.progress and main  # one set of progress bars, not one per rank
     started = time.perf_counter()
     # Every check before the model loads, so a typo fails in a second, not after the load.
+    if args.edits_at_once > 1 and args.mode != "single":
+        raise ValueError(f"--edits-at-once applies to --mode single (independent edits), not --mode {args.mode}")
     options = parse_options(args.option)
     cls = editor_class_for(args)
     check_editor_options(cls, options)
@@ -107,7 +113,7 @@ def _run(args, distributed) -> int:
             results = evaluate(editor, requests, args.mode, batch_size=args.batch_size,
                                eval_batch_size=args.eval_batch_size, generate=args.generate,
                                measure_each=args.measure_each, checkpoints=list(args.checkpoints), seed=args.seed,
-                               progress=args.progress, unedited_cache=cache)
+                               progress=args.progress, unedited_cache=cache, edits_at_once=args.edits_at_once)
             runs[C] = results
             if main:
                 path = report_folder.write_run_report(out, results, model=args.model, data=args.data,

@@ -18,17 +18,20 @@ import logging
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from tqdm.auto import tqdm
 
 from ..data import EditRequest, encode_pairs
+from ..data.requests import as_request_list
 from ..data.tokenize import context_length
 from ..losses import edit_loss
 from ..models import layout_of, mlp_out_path, num_blocks, second_order_attention
 from .base import Editor, EditorConfig, WeightEditHandle, register_editor, snapshot
 from .ft_forward import step_forward
+from .ft_parallel import train_each, unsupported_reason
+from .history import transaction
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +140,48 @@ class FTL(Editor):
             path = mlp_out_path(self.base_model, layer)
             names += [f"{path}.{kind}" for kind in ("weight", "bias") if f"{path}.{kind}" in params]
         return names
+
+    def edit_each(self, requests: Iterable[EditRequest], *, at_once: int = 8) -> Iterator[WeightEditHandle]:
+        """Edit each request on its own, as ``edit(request)`` would, training up to ``at_once`` together.
+
+        Yields one applied edit per request, in order; restore each before taking the next (else
+        the iteration undoes it and stops with an error; closing the iteration restores the
+        current one). The
+        trained weights equal ``edit(request)``'s to float rounding (``sss.editors.ft_parallel``:
+        the frozen blocks are read once per step for the whole group). Where the edits cannot
+        train together (a regularizer, several blocks, training mode) they are made one at a time.
+        """
+        requests = as_request_list(requests, "edit_each()")
+        if not isinstance(at_once, int) or isinstance(at_once, bool) or at_once < 1:
+            raise ValueError(f"at_once must be a positive integer, got {at_once!r}")
+        reason = unsupported_reason(self)
+        previous = None
+        for start in range(0, len(requests), at_once):
+            group = requests[start:start + at_once]
+            trained = train_each(self, group) if reason is None and len(group) > 1 else [None] * len(group)
+            for request, result in zip(group, trained):
+                if previous is not None and not previous.restored:
+                    previous.restore()  # ending here must not leave an edit applied
+                    raise RuntimeError("edit_each(): restore each edit before taking the next "
+                                       "(the one left applied has been undone)")
+                previous = self.edit(request) if result is None else self._apply_trained(request, *result)
+                try:
+                    yield previous
+                except GeneratorExit:
+                    if not previous.restored:
+                        previous.restore()
+                    raise
+
+    def _apply_trained(self, request: EditRequest, values: Dict[str, torch.Tensor], history: List[dict]
+                       ) -> WeightEditHandle:
+        """Put weights trained by ``ft_parallel.train_each`` in place, as ``edit(request)`` would leave them."""
+        with transaction(self.edited_modules(), self.undo_point()):
+            originals = snapshot(self.base_model, self.parameter_names)
+            params = dict(self.base_model.named_parameters())
+            with torch.no_grad():
+                for name, value in values.items():
+                    params[name].copy_(value)
+            return WeightEditHandle(self.base_model, originals, [request], self.name, {"history": history})
 
     def _apply(self, requests: List[EditRequest]) -> WeightEditHandle:
         model = self.base_model

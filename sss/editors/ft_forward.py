@@ -149,14 +149,7 @@ def _cached_step(model, batch, objective, regularizer, lowest_block) -> Callable
     target = regularizer.target if regularizer is not None else None
     token_mask = regularizer.token_mask(batch)[:, :width] if regularizer is not None else None
     tap = target if isinstance(target, int) and target > lowest_block else None
-    if prompt_only:
-        # One column per row, the last prompt position; prompt_last_nll reads column prompt_length - 1.
-        columns = batch.last_prompt_positions.unsqueeze(1)
-        loss_batch = dataclasses.replace(batch, prompt_lengths=torch.ones_like(batch.prompt_lengths))
-    else:
-        columns, loss_batch = target_window(batch)
-        # A column past the fed width is the last one of its window, whose logits no loss reads.
-        columns = columns.clamp_max(width - 1)
+    columns, loss_batch = loss_columns(batch, prompt_only, width)
 
     def step():
         hidden, tapped = cache.run_blocks(cache.block_output(), lowest_block + 1, tap=tap)
@@ -171,6 +164,17 @@ def _cached_step(model, batch, objective, regularizer, lowest_block) -> Callable
         return logits, loss_batch, penalty
 
     return step
+
+
+def loss_columns(batch: PairBatch, prompt_only: bool, width: int) -> Tuple[torch.Tensor, PairBatch]:
+    """The columns whose logits a step computes, and the batch the loss reads those logits with."""
+    if prompt_only:
+        # One column per row, the last prompt position; prompt_last_nll reads column prompt_length - 1.
+        columns = batch.last_prompt_positions.unsqueeze(1)
+        return columns, dataclasses.replace(batch, prompt_lengths=torch.ones_like(batch.prompt_lengths))
+    columns, loss_batch = target_window(batch)
+    # A column past the fed width is the last one of its window, whose logits no loss reads.
+    return columns.clamp_max(width - 1), loss_batch
 
 
 def first_target_nll(logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:

@@ -46,7 +46,7 @@ MODES = ("single", "batch", "sequential")
 def evaluate(editor, requests: Iterable[EditRequest], mode: str = "single", *, batch_size: Optional[int] = None,
              eval_batch_size: int = 32, generate: bool = True, measure_each: bool = False,
              checkpoints: Sequence[int] = (), seed: int = 0, progress: bool = True,
-             unedited_cache: Optional[dict] = None) -> EvalResults:
+             unedited_cache: Optional[dict] = None, edits_at_once: int = 1) -> EvalResults:
     """Edit with ``editor`` under ``mode`` and measure every probe of every request.
 
     ``batch_size``: requests per edit (``single``: 1; ``batch``: required; ``sequential``:
@@ -54,11 +54,19 @@ def evaluate(editor, requests: Iterable[EditRequest], mode: str = "single", *, b
     also compute ``exact_match`` (greedy generation; the slowest metric). ``measure_each`` and
     ``checkpoints`` (numbers of edits) only apply to ``sequential``. ``seed`` seeds each edit
     by its position. ``unedited_cache``: a dict reused across calls on the same unedited model.
+    ``edits_at_once`` (``single`` only): let an editor that can (``FTL.edit_each``: FT-L without
+    a regularizer) train up to this many of the independent edits together; each is still
+    measured and undone on its own, and its weights equal one-at-a-time editing's to float
+    rounding. Editors without ``edit_each`` ignore it.
     """
     requests = as_request_list(requests, "evaluate()")
     batch_size = _check_mode(mode, batch_size, measure_each, checkpoints)
     if eval_batch_size < 1:
         raise ValueError(f"eval_batch_size must be at least 1, got {eval_batch_size}")
+    if not isinstance(edits_at_once, int) or isinstance(edits_at_once, bool) or edits_at_once < 1:
+        raise ValueError(f"edits_at_once must be a positive integer, got {edits_at_once!r}")
+    if edits_at_once > 1 and mode != "single":
+        raise ValueError(f"edits_at_once only applies to mode='single' (its edits are independent), not {mode!r}")
     groups = [list(range(start, min(start + batch_size, len(requests))))
               for start in range(0, len(requests), batch_size)]
     world = distributed.world_size()
@@ -75,7 +83,7 @@ def evaluate(editor, requests: Iterable[EditRequest], mode: str = "single", *, b
     if mode == "sequential":
         curve = run.sequential(groups, measure_each, sorted(set(checkpoints)))
     else:
-        run.independent(mine, mode)
+        run.independent(mine, mode, edits_at_once)
     records = [run.record(i, group_index) for group_index, group in mine for i in group]
 
     if world > 1:
@@ -83,6 +91,8 @@ def evaluate(editor, requests: Iterable[EditRequest], mode: str = "single", *, b
     settings = {"mode": mode, "batch_size": batch_size, "eval_batch_size": eval_batch_size, "generate": generate,
                 "measure_each": measure_each, "checkpoints": list(checkpoints), "seed": seed,
                 "n_requests": len(requests), "world_size": world, "model": _model_name(editor)}
+    if edits_at_once > 1:  # only then: reports of one-at-a-time runs keep their settings as they were
+        settings["edits_at_once"] = edits_at_once
     results = EvalResults(mode=mode, records=records, editor=editor.describe(), settings=settings, curve=curve)
     if curve:
         curve.append({"edits": len(groups), "requests": len(requests), "summary": summarise(results.records, ("post",))})
@@ -137,14 +147,29 @@ class _Run:
         with _seeded(self.seed + group_index, self.editor):
             return (session or self.editor).edit([self.requests[i] for i in group])
 
-    def independent(self, groups: List[Tuple[int, List[int]]], mode: str) -> None:
+    def independent(self, groups: List[Tuple[int, List[int]]], mode: str, edits_at_once: int = 1) -> None:
         """``single`` / ``batch``: each edit is measured on its own and undone before the next."""
+        if edits_at_once > 1 and hasattr(self.editor, "edit_each"):
+            return self._trained_together(groups, edits_at_once)
         for group_index, group in self._bar(groups, f"{mode} edits"):
             handle = self._edit(group_index, group)
             try:
                 self.post.update(self._observe(group))
             finally:
                 handle.restore()
+
+    def _trained_together(self, groups: List[Tuple[int, List[int]]], at_once: int) -> None:
+        """``single`` with the editor's ``edit_each``: trained in groups, measured and undone one by one."""
+        # FT-L, the editor with edit_each, is deterministic: the per-edit seeding has nothing to seed.
+        edits = self.editor.edit_each([self.requests[group[0]] for _, group in groups], at_once=at_once)
+        try:
+            for (_, group), handle in zip(self._bar(groups, "single edits"), edits):
+                try:
+                    self.post.update(self._observe(group))
+                finally:
+                    handle.restore()
+        finally:
+            edits.close()  # an interrupted run leaves no edit applied
 
     def sequential(self, groups: List[List[int]], measure_each: bool, checkpoints: List[int]) -> List[dict]:
         """Edits accumulate; measure after the last (and optionally along the way); restore all."""
