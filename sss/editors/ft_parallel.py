@@ -144,10 +144,10 @@ def _optimise(step, trained, originals, config, count) -> List[List[dict]]:
             active &= ~(torch.tensor(values) < config.early_stop_loss)
             if not active.any():
                 break
-            stopped = (~active).nonzero().flatten()
+            stopped = (~active).nonzero().flatten().to(losses.device)
             kept = [tensor.detach()[stopped].clone() for tensor in trained]
             # Summed: request k's loss reads copy k only, so its gradient is that edit's own.
-            losses[active].sum().backward(inputs=trained)
+            losses[active.to(losses.device)].sum().backward(inputs=trained)
             optimizer.step()
             with torch.no_grad():
                 for tensor, (low, high), frozen in zip(trained, bounds, kept):
