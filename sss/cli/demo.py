@@ -32,4 +32,5 @@ def add_command(subparsers) -> None:
 def run(args) -> int:
     args.editor, args.checkpoint, args.option, args.data, args.split = "ft-l", None, [], "demo", None
     args.mode, args.batch_size, args.measure_each, args.checkpoints, args.baseline = "single", None, False, (), True
+    args.edits_at_once = 1  # one at a time, as the SSS run beside it (edit_each does not apply with SSS)
     return eval_command.run(args)
