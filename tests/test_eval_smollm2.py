@@ -18,7 +18,10 @@ def test_ftl_on_20_counterfact_requests(smollm2, shared_data, tmp_path):
     requests = load_requests(shared_data / "counterfact" / "counterfact-val.json", "counterfact", limit=20, seed=0)
     assert len(requests) == 20
     # No generation: exact_match would double the measuring time and is covered on tiny models.
-    results = evaluate(FTL(model, tokenizer, progress=False), requests, "single", generate=False, progress=False)
+    # Ten edits trained at once (FTL.edit_each): the same edits as one at a time to float rounding
+    # (tests/test_ftl_parallel.py), and this runs that path on the real model.
+    results = evaluate(FTL(model, tokenizer, progress=False), requests, "single", generate=False, progress=False,
+                       edits_at_once=10)
 
     # What the edit must achieve on real knowledge. Measured on 2026-12-01 (2 CPU cores, torch 2.13,
     # transformers 5.24): reliability token_acc 0.07 -> 0.57 and prob_margin 0.25 -> 1.00;
