@@ -90,6 +90,12 @@ def test_each_edit_must_be_restored_before_the_next_and_closing_restores(tiny_gp
     with pytest.raises(RuntimeError, match="restore each edit before taking the next"):
         next(edits)
     assert all(torch.equal(p, pristine[n]) for n, p in model.named_parameters())  # undone, not left applied
+    edits = editor.edit_each(REQUESTS[:4], at_once=2)
+    next(edits).restore()
+    next(edits)  # the group's last edit, left applied
+    with pytest.raises(RuntimeError, match="restore each edit"):  # also where the next group would train
+        next(edits)
+    assert all(torch.equal(p, pristine[n]) for n, p in model.named_parameters())
     edits = editor.edit_each(REQUESTS[:3], at_once=3)
     first = next(edits)
     assert not torch.equal(first.edited[editor.parameter_names[0]], pristine[editor.parameter_names[0]])

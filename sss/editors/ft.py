@@ -146,24 +146,22 @@ class FTL(Editor):
 
         Yields one applied edit per request, in order; restore each before taking the next (else
         the iteration undoes it and stops with an error; closing the iteration restores the
-        current one). The
-        trained weights equal ``edit(request)``'s to float rounding (``sss.editors.ft_parallel``:
-        the frozen blocks are read once per step for the whole group). Where the edits cannot
-        train together (a regularizer, several blocks, training mode) they are made one at a time.
+        current one). The trained weights equal ``edit(request)``'s to float rounding
+        (``sss.editors.ft_parallel``: the frozen blocks run once per step for the whole group).
+        Where the edits cannot train together (a regularizer, several blocks, training mode)
+        they are made one at a time.
         """
         requests = as_request_list(requests, "edit_each()")
         if not isinstance(at_once, int) or isinstance(at_once, bool) or at_once < 1:
             raise ValueError(f"at_once must be a positive integer, got {at_once!r}")
-        reason = unsupported_reason(self)
+        together = unsupported_reason(self) is None
         previous = None
         for start in range(0, len(requests), at_once):
             group = requests[start:start + at_once]
-            trained = train_each(self, group) if reason is None and len(group) > 1 else [None] * len(group)
+            _require_restored(previous)  # a group trains from the unedited model
+            trained = train_each(self, group) if together and len(group) > 1 else [None] * len(group)
             for request, result in zip(group, trained):
-                if previous is not None and not previous.restored:
-                    previous.restore()  # ending here must not leave an edit applied
-                    raise RuntimeError("edit_each(): restore each edit before taking the next "
-                                       "(the one left applied has been undone)")
+                _require_restored(previous)
                 previous = self.edit(request) if result is None else self._apply_trained(request, *result)
                 try:
                     yield previous
@@ -243,6 +241,14 @@ class FTL(Editor):
                     for param, (low, high) in zip(trained, bounds):
                         param.clamp_(low, high)
         return history
+
+
+def _require_restored(handle: Optional[WeightEditHandle]) -> None:
+    """``edit_each``'s rule: the previous edit is undone before the next one is made."""
+    if handle is not None and not handle.restored:
+        handle.restore()  # ending here must not leave an edit applied
+        raise RuntimeError("edit_each(): restore each edit before taking the next "
+                           "(the one left applied has been undone)")
 
 
 @contextlib.contextmanager
