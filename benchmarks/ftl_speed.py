@@ -138,6 +138,16 @@ def main():
         sss_ratios(model, tokenizer, requests[:args.sss_requests], args.repeats, args.sss_steps)
 
 
+def delta_difference(trained, reference, weight) -> float:
+    """Largest relative (Frobenius) difference between two sides' weight deltas, over the edits.
+
+    Adam's first steps are close to lr * sign(gradient), so elements whose gradient is ~0 may
+    move differently under float32 rounding; the delta as a whole is what must agree.
+    """
+    original = weight.detach()
+    return max(((a - b).norm() / (b - original).norm()).item() for a, b in zip(trained, reference))
+
+
 def edit_ratio(model, tokenizer, requests, repeats):
     trained = model.get_submodule(mlp_out_path(model, BLOCK)).weight
     reference_edit(model, tokenizer, requests[0], steps=2)  # warm-up
@@ -146,11 +156,7 @@ def edit_ratio(model, tokenizer, requests, repeats):
         "reference": one_at_a_time(lambda r: reference_edit(model, tokenizer, r)),
         "sss": one_at_a_time(lambda r: sss_edit(model, tokenizer, r, STEPS)),
     }, requests, repeats)
-    original = trained.detach()
-    # Adam's first steps are close to lr * sign(gradient), so elements whose gradient is ~0 may
-    # move differently under float32 rounding; the delta as a whole is what must agree.
-    relative = max(((a - b).norm() / (b - original).norm()).item()
-                   for a, b in zip(results["sss"], results["reference"]))
+    relative = delta_difference(results["sss"], results["reference"], trained)
     print(f"FT-L edits, reference loop: {medians['reference']:.2f} s CPU ({WALL['reference']:.2f} s wall); "
           f"sss: {medians['sss']:.2f} s CPU ({WALL['sss']:.2f} s wall, wall ratio "
           f"{WALL['sss'] / WALL['reference']:.3f}); largest relative difference of the weight deltas {relative:.1e}")
@@ -165,9 +171,7 @@ def edit_each_ratio(model, tokenizer, requests, repeats):
         "reference": one_at_a_time(lambda r: reference_edit(model, tokenizer, r)),
         "each": lambda rs: sss_edit_each(model, tokenizer, rs, len(rs)),
     }, requests, repeats)
-    original = trained.detach()
-    relative = max(((a - b).norm() / (b - original).norm()).item()
-                   for a, b in zip(results["each"], results["reference"]))
+    relative = delta_difference(results["each"], results["reference"], trained)
     print(f"FT-L edits of {len(requests)} requests, reference loop one by one: {medians['reference']:.2f} s CPU "
           f"({WALL['reference']:.2f} s wall); edit_each, all trained together: {medians['each']:.2f} s CPU "
           f"({WALL['each']:.2f} s wall, wall ratio {WALL['each'] / WALL['reference']:.3f}); largest relative "

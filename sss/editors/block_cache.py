@@ -29,7 +29,7 @@ leaves the graph unfreed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -169,9 +169,11 @@ class BlockCache:
         return cls(model, start, seen["block_input"], seen["projection_input"], seen["residual"], seen["calls"],
                    seen.get("leaf"))
 
-    def block_output(self) -> torch.Tensor:
-        """Block ``start``'s output from the cached parts and the projection's current weights."""
-        projection = self.model.get_submodule(mlp_out_path(self.model, self.start))
+    def block_output(self, projection: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+        """Block ``start``'s output from the cached parts and the projection's current weights
+        (or from ``projection``, a stand-in for that module applied to its cached input)."""
+        if projection is None:
+            projection = self.model.get_submodule(mlp_out_path(self.model, self.start))
         return self.residual + projection(self.projection_input)
 
     def run_blocks(self, hidden: torch.Tensor, first: int, tap: Optional[int] = None

@@ -29,7 +29,7 @@ from ..data.tokenize import context_length
 from ..losses import edit_loss
 from ..models import layout_of, mlp_out_path, num_blocks, second_order_attention
 from .base import Editor, EditorConfig, WeightEditHandle, register_editor, snapshot
-from .ft_forward import step_forward
+from .ft_forward import step_forward, train_only
 from .ft_parallel import train_each, unsupported_reason
 from .history import transaction
 
@@ -212,7 +212,7 @@ class FTL(Editor):
         config, regularizer = self.config, self.regularizer
         radius = config.norm_constraint
         history = []
-        with _train_only(model, trained), torch.enable_grad():
+        with train_only(model, trained), torch.enable_grad():
             # The frozen part runs once here; each step runs only what the trained weights change.
             forward = step_forward(model, batch, config.objective, regularizer, min(config.layers))
             optimizer = torch.optim.Adam(trained, lr=config.lr, weight_decay=config.weight_decay)
@@ -249,17 +249,3 @@ def _require_restored(handle: Optional[WeightEditHandle]) -> None:
         handle.restore()  # ending here must not leave an edit applied
         raise RuntimeError("edit_each(): restore each edit before taking the next "
                            "(the one left applied has been undone)")
-
-
-@contextlib.contextmanager
-def _train_only(model, trained):
-    """Let only ``trained`` require grad (so backward skips the rest), then put the flags back."""
-    flags = {p: p.requires_grad for p in model.parameters()}
-    keep = {id(p) for p in trained}
-    try:
-        for p in model.parameters():
-            p.requires_grad_(id(p) in keep)
-        yield
-    finally:
-        for p, flag in flags.items():
-            p.requires_grad_(flag)

@@ -57,18 +57,37 @@ logger = logging.getLogger(__name__)
 StepResult = Tuple[torch.Tensor, PairBatch, Optional[torch.Tensor]]  # logits, batch they match, penalty
 
 
+@contextlib.contextmanager
+def train_only(model, trained):
+    """Let only ``trained`` require grad (so backward skips the rest), then put the flags back."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    keep = {id(p) for p in trained}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(id(p) in keep)
+        yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+
+
 def step_forward(model, batch: PairBatch, objective: str, regularizer: Optional[SparsityRegularizer],
-                 lowest_block: int) -> Callable[[], StepResult]:
+                 lowest_block: int, projection: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+                 ) -> Callable[[], StepResult]:
     """A function that runs one step's forward: ``() -> (logits, loss batch, penalty or None)``.
 
-    Call it with only the trained weights requiring grad (FT-L's ``_train_only``): the LM head
-    is then frozen and read through its transposed copy.
+    Call it with only the trained weights requiring grad (:func:`train_only`): the LM head is
+    then frozen and read through its transposed copy. ``projection`` stands in for the lowest
+    edited block's MLP output projection (``sss.editors.ft_parallel``: one weight copy per row);
+    it needs the cached path.
     """
     reason = full_path_reason(model, regularizer, lowest_block)
     if reason is not None:
+        if projection is not None:
+            raise ValueError(f"a replacement projection needs FT-L's cached step, which does not apply: {reason}")
         logger.debug("FT-L runs the full forward at every step: %s", reason)
         return _full_step(model, batch, regularizer)
-    return _cached_step(model, batch, objective, regularizer, lowest_block)
+    return _cached_step(model, batch, objective, regularizer, lowest_block, projection)
 
 
 def _sss_over_prompt(regularizer: SparsityRegularizer) -> bool:
@@ -137,7 +156,7 @@ def _full_step(model, batch, regularizer) -> Callable[[], StepResult]:
     return step
 
 
-def _cached_step(model, batch, objective, regularizer, lowest_block) -> Callable[[], StepResult]:
+def _cached_step(model, batch, objective, regularizer, lowest_block, projection=None) -> Callable[[], StepResult]:
     prompt_only = objective == "prompt_last" and (regularizer is None or reads_last_prompt_gradient_only(regularizer))
     width = fed_width(batch, regularizer, prompt_only)
     leaf_at = graph_origin(regularizer, lowest_block)
@@ -152,7 +171,7 @@ def _cached_step(model, batch, objective, regularizer, lowest_block) -> Callable
     columns, loss_batch = loss_columns(batch, prompt_only, width)
 
     def step():
-        hidden, tapped = cache.run_blocks(cache.block_output(), lowest_block + 1, tap=tap)
+        hidden, tapped = cache.run_blocks(cache.block_output(projection), lowest_block + 1, tap=tap)
         final = cache.final_hidden(hidden)
         logits = head(at_columns(final, columns))
         if regularizer is None:

@@ -8,7 +8,7 @@ SmolLM2-135M, and at 10 rows a matmul runs at about 60% of the speed the core re
 step pays its per-operation overhead once per call. :func:`train_each` stacks ``K`` requests into
 one padded batch, so each step runs the frozen part once for all of them, and gives every request
 its own copy of the trained projection (a ``[K, ...]`` stack; the edited block's output is a
-batched matmul). On SmolLM2 8 edits take 0.35x the straightforward loop's CPU time this way,
+batched matmul standing in for the projection in ``ft_forward``'s cached step). On SmolLM2 8 edits take 0.35x the straightforward loop's CPU time this way,
 against 0.66x one at a time (``benchmarks/ftl_speed.py``).
 
 Why this is the same computation as ``K`` separate edits:
@@ -38,10 +38,8 @@ from torch import nn
 from ..data import EditRequest, encode_pairs
 from ..data.tokenize import context_length
 from ..losses import edit_loss
-from ..losses.window import at_columns
 from ..models import mlp_out_path
-from .block_cache import BlockCache
-from .ft_forward import fed_width, frozen_head, full_path_reason, loss_columns
+from .ft_forward import full_path_reason, step_forward, train_only
 
 TrainedEdit = Tuple[Dict[str, torch.Tensor], List[dict]]  # trained values by parameter name, loss history
 
@@ -85,44 +83,27 @@ def train_each(editor, requests: List[EditRequest]) -> List[TrainedEdit]:
     batch = encode_pairs(editor.tokenizer, [r.prompt for r in requests], [r.target_new for r in requests],
                          max_length=context_length(editor.tokenizer, model), device=editor.device)
     count = len(requests)
-    flags = {p: p.requires_grad for p in model.parameters()}
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)  # the frozen head is then read through its transposed copy
+    with train_only(model, []):  # every model weight frozen: the head is read through its transposed copy
         weights = projection.weight.detach().unsqueeze(0).repeat(count, 1, 1).requires_grad_(True)
         biases = None
         if projection.bias is not None:
             biases = projection.bias.detach().unsqueeze(0).repeat(count, 1).requires_grad_(True)
         trained = [weights] + ([biases] if biases is not None else [])
-        step = _stacked_step(model, batch, config.objective, layer, kind, weights, biases)
-        histories = _optimise(step, trained, [projection.weight, projection.bias][:len(trained)], config, count)
-    finally:
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
+
+        def stacked_projection(inputs: torch.Tensor) -> torch.Tensor:  # [K, L, I] -> [K, L, O], row k by copy k
+            out = torch.bmm(inputs, weights.transpose(1, 2) if kind == "linear" else weights)
+            return out if biases is None else out + biases.unsqueeze(1)
+
+        forward = step_forward(model, batch, config.objective, None, layer, projection=stacked_projection)
+
+        def losses() -> torch.Tensor:
+            logits, loss_batch, _ = forward()
+            return edit_loss(logits, loss_batch, config.objective)
+
+        histories = _optimise(losses, trained, [projection.weight, projection.bias][:len(trained)], config, count)
     names = editor.parameter_names  # weight, then bias where there is one (FTL._trained_parameter_names)
     return [({name: tensor[k].detach().clone() for name, tensor in zip(names, trained)}, histories[k])
             for k in range(count)]
-
-
-def _stacked_step(model, batch, objective, layer, kind, weights, biases):
-    """``() -> per-request losses [K]``: the cached step of ``sss.editors.ft_forward`` (no
-    regularizer) with the edited block's projection applied row by row from the stacks."""
-    prompt_only = objective == "prompt_last"
-    width = fed_width(batch, None, prompt_only)
-    cache = BlockCache.capture(model, layer, batch.input_ids[:, :width], batch.attention_mask[:, :width])
-    head = frozen_head(model)
-    columns, loss_batch = loss_columns(batch, prompt_only, width)
-    inputs = cache.projection_input  # [K, L, I]
-
-    def step() -> torch.Tensor:
-        mlp_out = torch.bmm(inputs, weights.transpose(1, 2) if kind == "linear" else weights)
-        if biases is not None:
-            mlp_out = mlp_out + biases.unsqueeze(1)
-        hidden, _ = cache.run_blocks(cache.residual + mlp_out, layer + 1)
-        logits = head(at_columns(cache.final_hidden(hidden), columns))
-        return edit_loss(logits, loss_batch, objective)
-
-    return step
 
 
 def _optimise(step, trained, originals, config, count) -> List[List[dict]]:
