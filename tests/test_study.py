@@ -183,6 +183,13 @@ def test_bad_study_files_are_refused_by_name(tmp_path):
         load_study(grid(datasets=["nowhere"]), "smoke")
     with pytest.raises(ValueError, match="regularizer"):
         load_study(grid(regularizers=[{"strength": 1}]), "smoke")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"name": "unit",')
+    with pytest.raises(ValueError, match=r"broken\.json is not valid JSON"):
+        load_study(broken, "smoke")
+    broken.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object, not list"):
+        load_study(broken, "smoke")
 
 
 def test_partial_summary_pairs_only_the_requests_both_sides_recorded(tmp_path):
@@ -212,3 +219,71 @@ def test_partial_summary_pairs_only_the_requests_both_sides_recorded(tmp_path):
     assert cells[-1] == "2"  # requests 0 and 1 only
     assert cells[5] == "100.0" and cells[6].startswith("0.0 (Δ −100.0")
     assert "4 of 6 requests" in text and "3 of 6 requests" in text
+
+
+def test_a_cell_another_process_runs_is_skipped_then_finished(tmp_path, caplog):
+    from sss.files import folder_lock
+    from sss.study.runner import CELL_LOCK
+
+    study = load_study(grid(), "smoke")
+    busy, free = study.cells
+    # flock locks belong to an open file, so a second open in this process conflicts like another process
+    with folder_lock(cell_folder(tmp_path, busy), CELL_LOCK):
+        statuses = run_study(study, tmp_path, progress=False)
+    assert [s.done for s in statuses] == [False, True]
+    assert not (cell_folder(tmp_path, busy) / RECORDS).exists()  # nothing written beside the holder
+    assert any("being run by another process" in r.getMessage() and busy.label in r.getMessage()
+               for r in caplog.records)
+    assert all(s.done for s in run_study(study, tmp_path, progress=False))
+    assert [r["index"] for r in records_of(cell_folder(tmp_path, busy))] == [0, 1, 2]
+
+
+def test_folder_lock_refuses_or_waits_for_its_holder(tmp_path, caplog):
+    import logging
+    import threading
+
+    from sss.files import FolderBusy, folder_lock
+
+    held, release, order = threading.Event(), threading.Event(), []
+
+    def holder():
+        with folder_lock(tmp_path, "x.lock"):
+            held.set()
+            release.wait(10)
+            order.append("holder done")
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait(10)
+    with pytest.raises(FolderBusy, match="x.lock"):
+        with folder_lock(tmp_path, "x.lock", wait=False):
+            pass
+    threading.Timer(0.2, release.set).start()
+    with caplog.at_level(logging.INFO, logger="sss.files"):
+        with folder_lock(tmp_path, "x.lock", waiting="waiting for the holder"):
+            order.append("waiter in")
+    thread.join()
+    assert order == ["holder done", "waiter in"]
+    assert "waiting for the holder" in caplog.text
+
+
+def test_two_processes_share_an_out_folder_and_train_each_checkpoint_once(tmp_path):
+    import subprocess
+    import sys
+
+    spec = tmp_path / "grid.json"
+    spec.write_text(json.dumps(grid(editors=["mend", "ft-l"])))
+    script = ("import logging, sys; logging.basicConfig(level=logging.INFO);"
+              "from sss.study import load_study, run_study;"
+              "run_study(load_study(sys.argv[1], 'smoke'), sys.argv[2], progress=False)")
+    runs = [subprocess.Popen([sys.executable, "-c", script, str(spec), str(tmp_path / "out")],
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    logs = [run.communicate(timeout=600)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], logs
+    assert sum(log.count("INFO:sss.study.checkpoints:training mend") for log in logs) == 2, logs
+    statuses = run_study(load_study(str(spec), "smoke"), tmp_path / "out", progress=False)
+    assert all(s.done for s in statuses)
+    for status in statuses:  # whole, in order, no request twice
+        assert [r["index"] for r in records_of(status.folder)] == [0, 1, 2]
+        lines = (status.folder / RECORDS).read_text().splitlines()
+        assert len(lines) == 3

@@ -11,15 +11,14 @@
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import re
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple, Union
+from typing import Dict, List, Tuple, Union
 
-from ..files import read_json
+from ..files import folder_lock, read_json
 from .report import JSON_KEYS, category_rows, markdown_table, plot_comparison, report_dict, write_report_dict
 from .results import EvalResults
 
@@ -146,19 +145,6 @@ def write_summary(folder: Union[str, Path]) -> Tuple[Path, Path]:
     return table, plot_comparison(every, folder / "comparison.png")
 
 
-@contextlib.contextmanager
-def locked(folder: Union[str, Path]) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` (POSIX ``flock``; nothing where it is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: concurrent writers into one folder are not serialised
-        yield
-        return
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+def locked(folder: Union[str, Path]):
+    """Hold an exclusive lock on ``folder`` while its reports are written (waits for another writer)."""
+    return folder_lock(folder, LOCK_FILE)

@@ -9,6 +9,9 @@ experiment that asks for the same training reuses one folder::
                     training resumes from latest/
         editor/     the trained editor (save()), what cells load
         done        written last: the checkpoint is complete
+
+A process that needs a checkpoint another process is training waits for it (a lock in the
+folder) and then loads it, instead of training the same thing into the same files.
 """
 from __future__ import annotations
 
@@ -17,13 +20,14 @@ import logging
 from pathlib import Path
 
 from ..editors import editor_class
-from ..files import write_text_atomic
+from ..files import folder_lock, write_text_atomic
 from ..train import TrainConfig
 from .requests import training_requests
 from .spec import config_hash, regularizer_label, slug
 from .store import is_done, mark_done
 
 logger = logging.getLogger(__name__)
+TRAINING_LOCK = ".sss-training.lock"
 
 
 def checkpoint_folder(out: Path, training: dict) -> Path:
@@ -38,18 +42,23 @@ def trained_editor(study, cell, model, tokenizer, regularizer, out: Path, *, pro
     train, val = training_requests(study, cell)  # checks disjointness even when the checkpoint exists
     cls = editor_class(training["editor"])
     if not is_done(folder):
-        logger.info("training %s into %s (%d train / %d val requests, %d steps)", cell.editor, folder,
-                    len(train), len(val), training["loop"]["train_steps"])
-        write_text_atomic(folder / "training.json", json.dumps(training, indent=2))
-        editor = cls(model, tokenizer, regularizer=regularizer, progress=progress, **training["options"])
-        loop = training["loop"]
-        config = TrainConfig(max_steps=loop["train_steps"], episodes_per_step=loop["episodes_per_step"],
-                             edit_batch_size=loop["edit_batch_size"], val_every=loop["val_every"],
-                             val_episodes=loop["val_episodes"], lr=dict(loop["train_lr"]), seed=training["seed"],
-                             patience=None, out_dir=str(folder / "train"), resume=True, progress=progress)
-        result = editor.fit(train, val, config)
-        editor.save(folder / "editor")
-        mark_done(folder, {"steps": result.steps, "best_step": result.best_step, "best": result.best_metrics})
-        del editor
+        with folder_lock(folder, TRAINING_LOCK, waiting=f"waiting for another process that is training {folder}"):
+            if not is_done(folder):  # trained by the process we waited for
+                _train(cls, training, train, val, cell, model, tokenizer, regularizer, folder, progress)
     # Always load from disk, so a cell gives the same records whether it trained or reused.
     return cls.from_checkpoint(folder / "editor", model, tokenizer, progress=progress)
+
+
+def _train(cls, training: dict, train, val, cell, model, tokenizer, regularizer, folder: Path, progress: bool) -> None:
+    logger.info("training %s into %s (%d train / %d val requests, %d steps)", cell.editor, folder,
+                len(train), len(val), training["loop"]["train_steps"])
+    write_text_atomic(folder / "training.json", json.dumps(training, indent=2))
+    editor = cls(model, tokenizer, regularizer=regularizer, progress=progress, **training["options"])
+    loop = training["loop"]
+    config = TrainConfig(max_steps=loop["train_steps"], episodes_per_step=loop["episodes_per_step"],
+                         edit_batch_size=loop["edit_batch_size"], val_every=loop["val_every"],
+                         val_episodes=loop["val_episodes"], lr=dict(loop["train_lr"]), seed=training["seed"],
+                         patience=None, out_dir=str(folder / "train"), resume=True, progress=progress)
+    result = editor.fit(train, val, config)
+    editor.save(folder / "editor")
+    mark_done(folder, {"steps": result.steps, "best_step": result.best_step, "best": result.best_metrics})

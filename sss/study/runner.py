@@ -13,6 +13,9 @@ resumed after k requests ends with exactly the records of an uninterrupted run. 
 cells depend on every earlier edit: an interrupted one restarts from its first edit. There is
 one sequential cell per n of the scale's ``sizes`` (so every n has per-request records for its
 confidence intervals; the cell's ``checkpoints=`` curve adds the smaller n as summaries).
+
+Several processes may share ``out`` (one per core): a cell is locked while one runs it, and the
+others skip it; a checkpoint being trained is waited for (checkpoints.py).
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from tqdm.auto import tqdm
 from ..editors import FTL, editor_class
 from ..eval import EvalResults, evaluate, observe_many
 from ..eval.report import write_json
-from ..files import write_text_atomic
+from ..files import FolderBusy, folder_lock, write_text_atomic
 from ..losses import SSSRegularizer
 from ..models import load_model
 from .checkpoints import trained_editor
@@ -40,6 +43,7 @@ from .store import RecordLog, UneditedCache, is_done, mark_done
 
 logger = logging.getLogger(__name__)
 REPORT = "report.json"
+CELL_LOCK = ".sss-cell.lock"  # held while a process runs the cell (see run_cell)
 
 
 @dataclass
@@ -91,7 +95,11 @@ def run_study(study: Study, out, *, only: Optional[str] = None, progress: bool =
         if key not in models:
             models.clear()  # one model in memory at a time
             models[key] = load_model(key[0], device=torch.device(key[1]))
-        run_cell(study, cell, out, *models[key], progress=progress)
+        try:
+            run_cell(study, cell, out, *models[key], progress=progress)
+        except FolderBusy:
+            logger.warning("cell %s is being run by another process; skipping it here", cell.label)
+            continue
         elapsed = time.perf_counter() - started
         logger.info("cell %d/%d %s done; %.0f s so far, about %.0f s left", k + 1, len(todo), cell.label, elapsed,
                     elapsed / (k + 1) * (len(todo) - k - 1))
@@ -155,6 +163,15 @@ def run_cell(study: Study, cell: Cell, out, model, tokenizer, *, progress: bool 
     folder = cell_folder(out, cell)
     if is_done(folder):
         return folder
+    # Two processes appending to one records.jsonl would interleave duplicate requests: the
+    # second one to arrive is refused (FolderBusy) and run_study moves on to the next cell.
+    with folder_lock(folder, CELL_LOCK, wait=False):
+        if not is_done(folder):  # another process may have finished it before we locked
+            _run_locked_cell(study, cell, out, folder, model, tokenizer, progress)
+    return folder
+
+
+def _run_locked_cell(study: Study, cell: Cell, out: Path, folder: Path, model, tokenizer, progress: bool) -> None:
     write_text_atomic(folder / "cell.json", json.dumps({"label": cell.label, "study": study.name,
                                                         "scale": study.scale, "config": cell.config}, indent=2))
     requests = eval_requests(study, cell)
@@ -192,7 +209,6 @@ def run_cell(study: Study, cell: Cell, out, model, tokenizer, *, progress: bool 
     write_json(results, folder / REPORT, model=c["model"], data=c["data"]["eval"],
                extra={"cell": cell.label, "study": study.name, "config": c})
     mark_done(folder, {"label": cell.label, "requests": len(records)})
-    return folder
 
 
 def _with_scores(record: dict, scores: Dict[str, float]) -> dict:

@@ -1,4 +1,4 @@
-"""A study file (TOML) -> a :class:`Study`: the grid of cells it declares at one scale.
+"""A study file (TOML, or JSON if it ends in .json) -> a :class:`Study`: its grid of cells at one scale.
 
 A file names a grid (see docs/study.md for every key)::
 
@@ -157,10 +157,19 @@ def load_study(source: Union[str, os.PathLike, dict], scale: str = "smoke", *, d
         path = Path(source)
         if not path.is_file():
             raise ValueError(f"no such study file: {path}")
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as error:
-            raise ValueError(f"{path} is not valid TOML: {error}") from error
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".json":
+            try:
+                raw = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} is not valid JSON: {error}") from error
+            if not isinstance(raw, dict):
+                raise ValueError(f"{path}: a study is a JSON object, not {type(raw).__name__}")
+        else:
+            try:
+                raw = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as error:
+                raise ValueError(f"{path} is not valid TOML: {error}") from error
     where = str(path) if path else "the study"
     if scale not in SCALE_NAMES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALE_NAMES)}")
