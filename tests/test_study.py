@@ -272,7 +272,7 @@ def test_two_processes_share_an_out_folder_and_train_each_checkpoint_once(tmp_pa
     import sys
 
     spec = tmp_path / "grid.json"
-    spec.write_text(json.dumps(grid(editors=["mend", "ft-l"])))
+    spec.write_text(json.dumps(grid(editors=["mend"])))  # two cells, each with its own checkpoint
     script = ("import logging, sys; logging.basicConfig(level=logging.INFO);"
               "from sss.study import load_study, run_study;"
               "run_study(load_study(sys.argv[1], 'smoke'), sys.argv[2], progress=False)")
