@@ -205,10 +205,9 @@ def folder_lock(folder: PathLike, name: str, *, wait: bool = True, waiting: Opti
     """Hold the exclusive lock ``folder/name`` while the block runs.
 
     Where another process holds it, ``wait=True`` logs ``waiting`` (if given) and waits for it;
-    ``wait=False`` raises :class:`FolderBusy` at once. The lock
-    file stays (removing it would let a third process lock a new file while the second still
-    holds the old one); it is empty and harmless. Where ``fcntl`` is missing (Windows) nothing is
-    locked.
+    ``wait=False`` raises :class:`FolderBusy` at once. The lock file stays (removing it would let
+    a third process lock a new file while the second still holds the old one); it is empty and
+    harmless. Where ``fcntl`` is missing (Windows) nothing is locked.
     """
     try:
         import fcntl
