@@ -8,8 +8,9 @@ SmolLM2-135M, and at 10 rows a matmul runs at about 60% of the speed the core re
 step pays its per-operation overhead once per call. :func:`train_each` stacks ``K`` requests into
 one padded batch, so each step runs the frozen part once for all of them, and gives every request
 its own copy of the trained projection (a ``[K, ...]`` stack; the edited block's output is a
-batched matmul standing in for the projection in ``ft_forward``'s cached step). On SmolLM2 8 edits take 0.35x the straightforward loop's CPU time this way,
-against 0.66x one at a time (``benchmarks/ftl_speed.py``).
+batched matmul standing in for the projection in ``ft_forward``'s cached step). On SmolLM2 8
+edits take 0.33–0.35x the straightforward loop's CPU time this way, against 0.66x one at a time
+(``benchmarks/ftl_speed.py``).
 
 Why this is the same computation as ``K`` separate edits:
 
