@@ -9,7 +9,7 @@ weights of the two sides are compared so that a fast wrong result cannot pass.
 
 Then the same requests through ``FTL.edit_each`` (``RESULT ftl_edit_each``): the same
 independent edits, all trained together in one padded batch so that the frozen blocks are read
-once per step for every request (sss/editors/ft_parallel.py), against the reference loop one by
+once per step for every request (sss/editors/ftl/grouped.py), against the reference loop one by
 one; the weights are compared the same way.
 
 Then the cost of SSS on the optimised path: a step with ``SSSRegularizer(target="last_hidden")``

@@ -5,7 +5,7 @@ import torch
 from sss import FTL, EditRequest, SSSRegularizer
 from sss.data import encode_prompts
 from sss.editors import WeightEditHandle
-from sss.editors.ft import FTLConfig
+from sss.editors.ftl import FTLConfig
 from sss.models import mlp_out_path
 
 # A random model needs a larger step than GPT-2 XL's defaults to move its argmax.

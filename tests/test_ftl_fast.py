@@ -1,4 +1,4 @@
-"""FT-L's cached step gives the straightforward loop's result (sss/editors/ft_forward.py).
+"""FT-L's cached step gives the straightforward loop's result (sss/editors/ftl/cached_step.py).
 
 The reference below is the loop FT-L ran before the caching: a full forward over prompt and
 target at every step, the full LM head, the loss from ``sss.losses``. Both run the same
@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from sss import FTL, EditRequest, SSSRegularizer, load_model
-from sss.editors.block_cache import BlockCache
+from sss.editors.core.block_cache import BlockCache
 from sss.data import encode_pairs
-from sss.editors.frozen_weights import transposed
-from sss.editors.ft_forward import (fed_width, first_target_nll, full_path_reason, graph_origin,
+from sss.editors.ftl.frozen_weights import transposed
+from sss.editors.ftl.cached_step import (fed_width, first_target_nll, full_path_reason, graph_origin,
                                    reads_last_prompt_gradient_only)
 from sss.losses import target_nll
 from sss.losses.base import forward_with_embeddings

@@ -1,9 +1,9 @@
-"""FT-L edits trained together (FTL.edit_each, sss.editors.ft_parallel) equal editing each alone."""
+"""FT-L edits trained together (FTL.edit_each, sss.editors.ftl.grouped) equal editing each alone."""
 import pytest
 import torch
 
 from sss import FTL, EditRequest, SSSRegularizer, evaluate, load_model
-from sss.editors.ft_parallel import train_each, unsupported_reason
+from sss.editors.ftl.grouped import train_each, unsupported_reason
 
 REQUESTS = [EditRequest("The capital of France is", "Berlin"),
             EditRequest("Danielle Darrieux's mother tongue is", "English"),

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sss import FTL, EditRequest, SSSRegularizer
-from sss.editors import ft
+from sss.editors.ftl import editor as ft
 
 STEPS = 6
 FAST = dict(lr=5e-2, steps=STEPS, norm_constraint=1.0, early_stop_loss=-1.0, progress=False)

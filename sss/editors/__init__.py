@@ -1,6 +1,6 @@
-"""Editors: one small module each, all behind ``Editor.edit(requests) -> EditHandle``."""
-from .base import EDITORS, EditHandle, EditSession, Editor, EditorConfig, WeightEditHandle, editor_class, register_editor
-from .ft import FTL, FTLConfig
+"""Editors: one package each, all behind ``Editor.edit(requests) -> EditHandle``; ``core`` holds the contract."""
+from .core import EDITORS, EditHandle, EditSession, Editor, EditorConfig, WeightEditHandle, editor_class, register_editor
+from .ftl import FTL, FTLConfig
 from .mend import MEND, MENDConfig
 from .serac import SERAC, SERACConfig
 

@@ -28,7 +28,7 @@ from ...data.tokenize import PairBatch, context_length
 from ...losses import regularizer_from_description
 from ...models import is_conv1d, mlp_in_paths, mlp_out_path, num_blocks
 from ...train import read_editor_checkpoint, refuse_mismatches, shape_mismatches, shapes, write_checkpoint
-from ..base import Editor, OuterLossConfig, WeightEditHandle, register_editor, snapshot
+from ..core import Editor, OuterLossConfig, WeightEditHandle, register_editor, snapshot
 from .hooks import factor_operands, factor_product, layer_factors
 from .network import MENDNetworks
 from .objective import MENDTraining, eval_mode

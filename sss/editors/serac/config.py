@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..base import OuterLossConfig
+from ..core import OuterLossConfig
 from .classifier import CLASSIFIERS
 
 

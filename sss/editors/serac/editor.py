@@ -24,7 +24,7 @@ from torch import nn
 from ...data import EditRequest
 from ...losses import regularizer_from_description
 from ...train import read_editor_checkpoint, refuse_mismatches, shape_mismatches, shapes, write_checkpoint
-from ..base import EditHandle, Editor, forget_edits, register_editor
+from ..core import EditHandle, Editor, forget_edits, register_editor
 from . import objective
 from .classifier import ScopeClassifier, build_classifier
 from .config import SERACConfig

@@ -17,9 +17,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Type, Union
 import torch
 from torch import nn
 
-from ..data import EditRequest, as_request_list
-from ..losses import SparsityRegularizer
-from ..train.checkpoint import checkpoint_editor
+from ...data import EditRequest, as_request_list
+from ...losses import SparsityRegularizer
+from ...train.checkpoint import checkpoint_editor
 from .history import EditHandle, EditSession, forget_edits, transaction
 from .weight_handle import WeightEditHandle, snapshot
 

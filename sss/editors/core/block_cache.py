@@ -34,7 +34,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..models import layout_of, mlp_out_path, num_blocks
+from ...models import layout_of, mlp_out_path, num_blocks
 
 
 class _StopForward(Exception):

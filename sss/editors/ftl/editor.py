@@ -7,9 +7,9 @@ is below ``early_stop_loss``. With a regularizer each step optimises Eq. 10,
 ``(1 - C) * L_e + C * penalty``, the penalty built with ``create_graph=True`` so that its own
 gradient reaches the trained weights.
 
-A step runs only what the trained weights change (sss/editors/ft_forward.py): the frozen blocks
+A step runs only what the trained weights change (sss/editors/ftl/cached_step.py): the frozen blocks
 below run once per edit, the LM head only where the loss reads it (through a transposed copy,
-sss/editors/frozen_weights.py).
+sss/editors/ftl/frozen_weights.py).
 """
 from __future__ import annotations
 
@@ -23,15 +23,15 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 import torch
 from tqdm.auto import tqdm
 
-from ..data import EditRequest, encode_pairs
-from ..data.requests import as_request_list
-from ..data.tokenize import context_length
-from ..losses import edit_loss
-from ..models import layout_of, mlp_out_path, num_blocks, second_order_attention
-from .base import Editor, EditorConfig, WeightEditHandle, register_editor, snapshot
-from .ft_forward import step_forward, train_only
-from .ft_parallel import train_each, unsupported_reason
-from .history import transaction
+from ...data import EditRequest, encode_pairs
+from ...data.requests import as_request_list
+from ...data.tokenize import context_length
+from ...losses import edit_loss
+from ...models import layout_of, mlp_out_path, num_blocks, second_order_attention
+from ..core.base import Editor, EditorConfig, WeightEditHandle, register_editor, snapshot
+from .cached_step import step_forward, train_only
+from .grouped import train_each, unsupported_reason
+from ..core.history import transaction
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class FTL(Editor):
         Yields one applied edit per request, in order; restore each before taking the next (else
         the iteration undoes it and stops with an error; closing the iteration restores the
         current one). The trained weights equal ``edit(request)``'s to float rounding
-        (``sss.editors.ft_parallel``: the frozen blocks run once per step for the whole group).
+        (``sss.editors.ftl.grouped``: the frozen blocks run once per step for the whole group).
         Where the edits cannot train together (a regularizer, several blocks, training mode)
         they are made one at a time.
         """

@@ -20,10 +20,10 @@ from typing import Dict, Iterable, Optional, Union
 import torch
 from torch import nn
 
-from ..data import EditRequest
-from ..files import check_fingerprint, read_json, save_safetensors_atomic, sha256_file, weights_fingerprint, \
+from ...data import EditRequest
+from ...files import check_fingerprint, read_json, save_safetensors_atomic, sha256_file, weights_fingerprint, \
     write_json_atomic
-from ..train.checkpoint import refuse_mismatches, shape_mismatches, shapes
+from ...train.checkpoint import refuse_mismatches, shape_mismatches, shapes
 from .history import EditHandle, record_originals
 
 FORMAT = "sss-edit/2"

@@ -24,7 +24,7 @@ Why this is the same computation as ``K`` separate edits:
 * only float rounding differs (batched matmuls sum in other orders): ``tests/test_ftl_parallel.py``
   compares with ``FTL.edit`` to 1e-12 in float64 on tiny-gpt2 and tiny-llama, both objectives.
 
-Supported where the cached step (``sss.editors.ft_forward``) is exact and the trained weights are
+Supported where the cached step (``sss.editors.ftl.cached_step``) is exact and the trained weights are
 one projection: no regularizer (SSS's penalty is a batch-level quantity; those edits stay one at a
 time), one edited block, modules in eval mode, an ``nn.Linear`` or GPT-2 ``Conv1D`` projection.
 :func:`unsupported_reason` says why not otherwise, and ``FTL.edit_each`` then edits one at a time.
@@ -36,11 +36,11 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..data import EditRequest, encode_pairs
-from ..data.tokenize import context_length
-from ..losses import edit_loss
-from ..models import mlp_out_path
-from .ft_forward import full_path_reason, step_forward, train_only
+from ...data import EditRequest, encode_pairs
+from ...data.tokenize import context_length
+from ...losses import edit_loss
+from ...models import mlp_out_path
+from .cached_step import full_path_reason, step_forward, train_only
 
 TrainedEdit = Tuple[Dict[str, torch.Tensor], List[dict]]  # trained values by parameter name, loss history
 

@@ -4,7 +4,7 @@ FT-L trains MLP output projections and freezes everything else, so per edit
 (:func:`step_forward`):
 
 * the blocks below the lowest edited block, and inside it everything before the projection,
-  run once (``sss.editors.block_cache.BlockCache``); a step runs the projection on the cached input,
+  run once (``sss.editors.core.block_cache.BlockCache``); a step runs the projection on the cached input,
   the residual add, the blocks above, the final norm;
 * the LM head runs only at the positions the loss reads: for ``prompt_last`` the last prompt
   position of each row, for ``target_new`` (and for SSS's ``J``) the positions that predict the
@@ -18,7 +18,7 @@ FT-L trains MLP output projections and freezes everything else, so per edit
   by its term for the first target token (:func:`first_target_nll`), which has that gradient;
 * otherwise the last token of the longest row is left out (:func:`fed_width`): it predicts
   nothing either loss reads, and it changes no position before it;
-* the LM head is read through a contiguous transposed copy (sss/editors/frozen_weights.py).
+* the LM head is read through a contiguous transposed copy (sss/editors/ftl/frozen_weights.py).
 
 SSS on ``input_embeds``, or on a block at or below the lowest edited one, differentiates through
 the frozen part, so the capture keeps that part's graph (``BlockCache.capture(leaf_at=...)``):
@@ -45,12 +45,12 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import nn
 
-from .block_cache import BlockCache
+from ..core.block_cache import BlockCache
 from .frozen_weights import transposed
-from ..data import PairBatch
-from ..models import second_order_attention
-from ..losses import SSSRegularizer, SparsityRegularizer, runs_base_forward, target_nll
-from ..losses.window import at_columns, target_window
+from ...data import PairBatch
+from ...models import second_order_attention
+from ...losses import SSSRegularizer, SparsityRegularizer, runs_base_forward, target_nll
+from ...losses.window import at_columns, target_window
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def step_forward(model, batch: PairBatch, objective: str, regularizer: Optional[
 
     Call it with only the trained weights requiring grad (:func:`train_only`): the LM head is
     then frozen and read through its transposed copy. ``projection`` stands in for the lowest
-    edited block's MLP output projection (``sss.editors.ft_parallel``: one weight copy per row);
+    edited block's MLP output projection (``sss.editors.ftl.grouped``: one weight copy per row);
     it needs the cached path.
     """
     reason = full_path_reason(model, regularizer, lowest_block)
