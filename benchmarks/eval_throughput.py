@@ -30,7 +30,7 @@ import torch
 
 from sss.data import load_data
 from sss.data.tokenize import continuation
-from sss.editors.core.base import EditHandle, Editor
+from sss.editors.core import EditHandle, Editor
 from sss.eval import evaluate, probes_of
 from sss.eval.metrics import exact_match
 from sss.models import load_model

@@ -17,10 +17,9 @@ import torch
 from sss import FTL, EditRequest, SSSRegularizer, load_model
 from sss.editors.core.block_cache import BlockCache
 from sss.data import encode_pairs
-from sss.editors.ftl.frozen_weights import transposed
-from sss.editors.ftl.cached_step import (fed_width, first_target_nll, full_path_reason, graph_origin,
-                                   reads_last_prompt_gradient_only)
-from sss.losses import target_nll
+from sss.losses.head import transposed
+from sss.editors.ftl.cached_step import fed_width, full_path_reason, graph_origin
+from sss.losses import SparsityRegularizer, first_target_nll, target_nll
 from sss.losses.base import forward_with_embeddings
 from sss.losses import edit_loss
 from sss.models import second_order_attention
@@ -279,6 +278,10 @@ def test_block_cache_capture_does_not_run_the_blocks_above(tiny_llama):
     assert sorted(cache.calls) == list(range(len(blocks)))  # yet every block's call was caught
 
 
+def reads_last_prompt_gradient_only(regularizer):
+    return regularizer is not None and regularizer.shortcuts().last_prompt_gradient_only
+
+
 def test_sss_prompt_shortcut_only_where_the_penalty_reads_the_last_prompt_gradient():
     assert reads_last_prompt_gradient_only(SSSRegularizer())
     assert not reads_last_prompt_gradient_only(None)
@@ -289,6 +292,18 @@ def test_sss_prompt_shortcut_only_where_the_penalty_reads_the_last_prompt_gradie
         def penalty(self, loss, embeddings, token_mask, *, create_graph=True):
             return embeddings.pow(2).mean()
     assert not reads_last_prompt_gradient_only(OwnPenalty())
+    assert OwnPenalty().shortcuts().reads_target_positions  # its penalty may read any position
+
+    class OwnForward(SSSRegularizer):
+        def forward(self, model, batch, call=None):
+            return super().forward(model, batch, call)
+    assert not OwnForward().shortcuts().own_forward and not reads_last_prompt_gradient_only(OwnForward())
+
+    class PlainPenalty(SparsityRegularizer):  # the base class promises nothing about its penalty
+        def penalty(self, loss, embeddings, token_mask, *, create_graph=True):
+            return loss.mean()
+    assert PlainPenalty().shortcuts().own_forward and PlainPenalty().shortcuts().gradient_positions is None
+    assert not reads_last_prompt_gradient_only(PlainPenalty())
 
 
 def test_first_target_nll_has_the_prompt_gradient_of_the_full_loss(model64):

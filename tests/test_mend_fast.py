@@ -18,7 +18,8 @@ from torch.func import functional_call
 
 from sss import MEND, EditRequest, LocalityProbe, load_model
 from sss.data import encode_pairs
-from sss.editors.mend import head_gradient, hooks
+from sss.editors.mend import hooks
+from sss.losses.head import gradient as head_gradient
 from sss.losses import locality_kl, target_nll
 from sss.train import Episode
 

@@ -16,9 +16,9 @@ from torch import nn
 
 from sss import EditRequest, LocalityProbe, SSSRegularizer, load_model
 from sss.editors.serac import objective
-from sss.editors.serac.narrow import logits_at
+from sss.losses.head import logits_at
 from sss.losses import locality_kl, target_nll
-from sss.losses.window import target_window
+from sss.losses.head import target_window
 from sss.models import backbone, second_order_attention
 
 REQUESTS = (EditRequest("The capital of France is", "Rome", rephrase_prompts=("France's capital city is",

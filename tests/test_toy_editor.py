@@ -14,7 +14,7 @@ import torch
 from sss import EditRequest, cli, evaluate, load_model
 from sss.data import encode_pairs
 from sss.editors import Editor, EditorConfig, WeightEditHandle, editor_class, register_editor
-from sss.editors.core.base import snapshot
+from sss.editors.core import snapshot
 from sss.losses import target_nll
 
 REQUESTS = [EditRequest("The capital of France is", "Rome", target_true="Paris",

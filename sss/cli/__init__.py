@@ -36,8 +36,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..editors import discover
+
+    editors = ", ".join(cls.display_name for cls in discover().values())
     parser = ArgumentParser(
-        prog="sss", description="Knowledge editing (FT-L, MEND, SERAC) with the SSS regularizer. Start with "
+        prog="sss", description=f"Knowledge editing ({editors}) with the SSS regularizer. Start with "
                                 "'sss demo'; each sub-command has its own --help.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from ..eval.protocols import MODES
 from .checks import (check_data, check_device, check_editor_options, loading_data, output_folder,
                      positive_int)
 from .options import (add_data_options, add_device_option, add_editor_options, add_model_option, add_output_options,
@@ -49,15 +50,18 @@ def add_command(subparsers) -> None:
                "--out runs/cf20\n  sss eval --checkpoint runs/mend --data demo   # the editor the checkpoint "
                "records\n\nunder torchrun (single/batch modes):\n  torchrun --nproc_per_node=2 -m sss eval "
                "--model tiny-gpt2 --data demo --limit 6 --out runs/tiny")
+    from ..editors import EDITORS, editor_names
+
     parser.add_argument("--editor", default=None,
-                        help=f"registered editor name: ft-l, mend, serac, ... (default: the one --checkpoint "
+                        help=f"registered editor: {', '.join(editor_names())} (default: the one --checkpoint "
                              f"records, else {DEFAULT_EDITOR})")
+    trainable = [name for name, cls in EDITORS.items() if cls.is_trainable()]
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="trained editor checkpoint folder, or a training run's folder (its best/), for "
-                             "editors that need one (mend, serac)")
+                             f"trainable editors ({', '.join(trainable)})")
     add_editor_options(parser)
     add_data_options(parser)
-    parser.add_argument("--mode", choices=("single", "batch", "sequential"), default="single",
+    parser.add_argument("--mode", choices=MODES, default="single",
                         help="single: edit, measure, restore per request (the paper's default); batch: "
                              "--batch-size requests per edit; sequential: edits accumulate, all measured after the "
                              "last (default: %(default)s)")
@@ -95,6 +99,8 @@ def _run(args, distributed) -> int:
     args.progress = args.progress and main  # one set of progress bars, not one per rank
     started = time.perf_counter()
     # Every check before the model loads, so a typo fails in a second, not after the load.
+    if args.baseline and not args.sss_c:
+        raise ValueError("--baseline compares a run with SSS against one without it: give --sss-c C too")
     if args.edits_at_once > 1 and args.mode != "single":
         raise ValueError(f"--edits-at-once applies to --mode single (independent edits), not --mode {args.mode}")
     options = parse_options(args.option)
@@ -174,7 +180,7 @@ def build_editor(cls, args, model, tokenizer, regularizer, options: dict):
     whether its run counts as "w/ SSS" comes from the checkpoint, and a ``--sss-c`` that
     disagrees is reported and ignored; untrained, it is built without a regularizer.
     """
-    trainable = callable(getattr(cls, "fit", None))
+    trainable = cls.is_trainable()
     if args.checkpoint is not None:
         editor = cls.from_checkpoint(args.checkpoint, model, tokenizer, progress=args.progress, **options)
         trained = editor.regularizer.describe() if editor.regularizer is not None else None

@@ -14,11 +14,14 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 from .checks import check_device, positive_int
 
-DEFAULT_MODEL = "smollm2-135m"
-SSS_TARGETS = ("last_hidden", "input_embeds")
+from ..data import FORMATS
+from ..losses.base import TARGETS as SSS_TARGETS, TOKENS as SSS_TOKENS
+from ..losses.sss import REDUCTIONS as SSS_REDUCTIONS
 
-DATA_HELP = ("PATH[:format] of a dataset (formats: zsre, counterfact, counterfact-rome, knowedit; detected from "
-             "the keys when omitted), anything datasets.load_dataset accepts, or 'demo' for the built-in demo set")
+DEFAULT_MODEL = "smollm2-135m"
+
+DATA_HELP = (f"PATH[:format] of a dataset (formats: {', '.join(FORMATS)}; detected from the keys when omitted), "
+             "anything datasets.load_dataset accepts, or 'demo' for the built-in demo set")
 
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +58,8 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
 
 
 def sss_target(text: str) -> Union[str, int]:
-    """``--sss-target``: ``last_hidden``, ``input_embeds`` or the index of a block (its output)."""
+    """``--sss-target``: ``last_hidden``, ``input_embeds`` or a block index ``N``: the residual stream
+    entering block ``N`` (its input hidden states), as ``SparsityRegularizer(target=N)`` reads it."""
     if text in SSS_TARGETS:
         return text
     try:
@@ -77,10 +81,10 @@ def add_sss_options(parser: argparse.ArgumentParser, *, sweep: bool, default_c: 
                            help="train with the SSS regularizer: (1-C)*L_ori + C*SSS (Eq. 10); omitted: without SSS")
     group.add_argument("--sss-target", type=sss_target, default="last_hidden", metavar="{last_hidden,input_embeds,N}",
                        help="where the SSS gradient is taken: the final hidden state (the authors' code), the input "
-                            "embeddings, or the output of block N (default: %(default)s)")
-    group.add_argument("--sss-tokens", choices=("prompt", "all"), default="prompt",
+                            "embeddings, or the hidden states entering block N, i.e. its input (default: %(default)s)")
+    group.add_argument("--sss-tokens", choices=SSS_TOKENS, default="prompt",
                        help="tokens whose gradients count: the prompt's, or prompt and target (default: %(default)s)")
-    group.add_argument("--sss-reduction", choices=("mean", "sum"), default="mean",
+    group.add_argument("--sss-reduction", choices=SSS_REDUCTIONS, default="mean",
                        help="'mean' over tokens (the paper's 1/m) or 'sum' (the released code) (default: %(default)s)")
 
 

@@ -28,9 +28,12 @@ logger = logging.getLogger("sss.train")
 def add_command(subparsers) -> None:
     from ..train import TrainConfig
 
+    from ..editors import EDITORS
+
     defaults = TrainConfig()
+    trainable = [name for name, cls in EDITORS.items() if cls.is_trainable()]
     parser = subparsers.add_parser(
-        "train", help="train a trainable editor (mend, serac) on edit requests, with or without SSS",
+        "train", help=f"train a trainable editor ({', '.join(trainable)}) on edit requests, with or without SSS",
         description="Train an editor's networks with the shared training loop: Adam, gradient accumulation over "
                     "the episodes of a step, clipping, validation every --val-every steps, early stopping on the "
                     "validation edit loss, a checkpoint OUT/best on every new best and OUT/latest to resume from "
@@ -40,7 +43,7 @@ def add_command(subparsers) -> None:
                "--out runs/mend --max-steps 200\n  sss train mend ... --sss-c 0.9 --out runs/mend-sss\n"
                "  torchrun --nproc_per_node=2 -m sss train mend --model tiny-gpt2 --train data.json --out runs/ddp\n"
                "then:\n  sss eval --checkpoint runs/mend --data ... ")
-    parser.add_argument("editor", help="registered editor with a fit() method: mend, serac")
+    parser.add_argument("editor", help=f"a trainable editor: {', '.join(trainable)}")
     add_model_option(parser)
     parser.add_argument("--train", required=True, metavar="PATH[:format]", help="training requests: " + DATA_HELP)
     parser.add_argument("--val", default=None, metavar="PATH[:format]",
@@ -97,7 +100,7 @@ def _run(args, distributed) -> int:
 
     # Every check before the model loads: options, loop settings, device, data, the run folder.
     cls = editor_class(args.editor)
-    if not callable(getattr(cls, "fit", None)):
+    if not cls.is_trainable():
         raise ValueError(f"editor {args.editor!r} is not trainable (it has no fit method)")
     if not 0 < args.val_fraction < 1:
         raise ValueError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")

@@ -37,7 +37,8 @@ import torch
 
 from ..data import PairBatch, encode_pairs
 from ..data.tokenize import EncodingCache, context_length, encodings_for, pad_left
-from .lm_head import logits_selection, predicting_logits, shares_context
+from ..losses.head import logits_selection, predicting_logits
+from .lm_head import shares_context
 
 PROTOCOLS = {
     "token_acc": "teacher-forced token accuracy (EasyEdit): prompt + ' ' + target is fed whole; at every "

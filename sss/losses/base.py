@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Callable, Optional, Tuple, Union
 
 import torch
@@ -47,6 +48,43 @@ def check_C(C) -> float:
     return float(C)
 
 
+@dataclass(frozen=True)
+class Shortcuts:
+    """What an editor may skip or narrow when it computes a regularizer's inputs itself.
+
+    A regularizer declares these (:meth:`SparsityRegularizer.shortcuts`); editors ask, they never
+    inspect its class.
+
+    ``own_forward``: the logits, the embeddings at ``target`` and ``J`` may be computed any way
+    that gives :meth:`SparsityRegularizer.loss_and_penalty`'s values (the LM head on the columns
+    ``J`` reads, a cached frozen part); False for a regularizer with a forward of its own.
+    ``gradient_positions``: the penalty depends on ``J`` only through ``dJ/d(embeddings)`` at
+    these positions (``"prompt"`` or ``"all"``: prompt and target), or None when it may read ``J``
+    some other way. ``target``: where the embeddings are taken.
+    """
+
+    own_forward: bool
+    gradient_positions: Optional[str]
+    target: "Target"
+
+    @property
+    def last_prompt_gradient_only(self) -> bool:
+        """Whether the penalty needs ``J``'s gradient at each row's last prompt position and nowhere else.
+
+        True for a gradient over the prompt tokens at the LM head's input (``last_hidden``): the
+        logits at position i depend on the head's input at i alone, and ``J`` reads the logits
+        that predict the target, so of the prompt positions only the last has a non-zero
+        gradient, ``-(1/T) d log p(first target token) / dx``: ``J`` may then be replaced by
+        ``first_target_nll``, and that position sees only the prompt.
+        """
+        return self.own_forward and self.target == "last_hidden" and self.gradient_positions == "prompt"
+
+    @property
+    def reads_target_positions(self) -> bool:
+        """Whether the penalty may read anything at target positions (so they must be fed)."""
+        return self.gradient_positions != "prompt"
+
+
 class SparsityRegularizer(ABC):
     """A penalty on how the edit loss reacts to the embeddings it was computed from.
 
@@ -77,6 +115,16 @@ class SparsityRegularizer(ABC):
     def combine(self, loss_ori: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
         """Eq. 10: ``(1 - C) * L_ori + C * penalty``."""
         return (1.0 - self.C) * loss_ori + self.C * penalty
+
+    def shortcuts(self) -> Shortcuts:
+        """What editors may skip or narrow (see :class:`Shortcuts`).
+
+        The base class promises the least it can: its forward is the standard one unless a
+        subclass overrides ``forward`` or ``loss_and_penalty``, but an arbitrary ``penalty`` may
+        read ``J`` in any way. A subclass whose penalty reads only ``dJ/dx`` at the token mask's
+        positions says so by overriding this (as :class:`~sss.losses.SSSRegularizer` does).
+        """
+        return Shortcuts(own_forward=_standard_forward(type(self)), gradient_positions=None, target=self.target)
 
     def token_mask(self, batch: PairBatch) -> torch.Tensor:
         if self.tokens == "prompt":
@@ -113,14 +161,9 @@ class SparsityRegularizer(ABC):
         return f"{type(self).__name__}({options})"
 
 
-def runs_base_forward(regularizer: SparsityRegularizer) -> bool:
-    """Whether ``regularizer`` computes its logits, embeddings and J as the base class does.
-
-    Editors that compute them more cheaply (the LM head only where J reads it, a cached frozen
-    part) may stand in for the base class's forward only; a subclass overriding ``forward`` or
-    ``loss_and_penalty`` owns its computation and runs as written.
-    """
-    kind = type(regularizer)
+def _standard_forward(kind: type) -> bool:
+    """Whether a regularizer class computes its logits, embeddings and J as the base class does
+    (a subclass overriding ``forward`` or ``loss_and_penalty`` owns its computation)."""
     return kind.forward is SparsityRegularizer.forward and kind.loss_and_penalty is SparsityRegularizer.loss_and_penalty
 
 

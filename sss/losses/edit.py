@@ -31,6 +31,19 @@ def target_nll(logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
     return total / batch.target_lengths.to(total.dtype)
 
 
+def first_target_nll(logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
+    """J's term for the first target token, ``-log p(y_1 | prompt) / T``, per row. Shape [B].
+
+    ``logits`` are ``[B, 1, V]`` at each row's last prompt position (``target_nll`` reads the
+    same logits for the same label, divided by the same target length). Where a penalty needs
+    only J's gradient at the last prompt position (``Shortcuts.last_prompt_gradient_only``), this
+    term has the same gradient there and needs the prompt alone.
+    """
+    log_probs = torch.log_softmax(_at_least_fp32(logits[:, 0]), dim=-1)
+    first = batch.labels.gather(1, batch.prompt_lengths.unsqueeze(1))  # the token right after the prompt
+    return -log_probs.gather(1, first).squeeze(1) / batch.target_lengths.to(log_probs.dtype)
+
+
 def prompt_last_nll(logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
     """FT-L's objective (EasyEdit's ``prompt_last``), per example. Shape [B].
 

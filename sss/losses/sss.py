@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import SparsityRegularizer, Target
+from .base import Shortcuts, SparsityRegularizer, Target
 
 REDUCTIONS = ("mean", "sum")
 
@@ -45,6 +45,15 @@ class SSSRegularizer(SparsityRegularizer):
         if self.reduction == "mean":
             per_example = per_example / mask.sum(-1).clamp_min(1.0)
         return per_example.mean()
+
+    def shortcuts(self) -> Shortcuts:
+        """SSS reads ``J`` only through its gradient at the counted tokens (Eq. 9), as long as
+        neither the penalty nor the token mask is replaced by a subclass."""
+        base = super().shortcuts()
+        kind = type(self)
+        own = kind.penalty is SSSRegularizer.penalty and kind.token_mask is SparsityRegularizer.token_mask
+        return Shortcuts(own_forward=base.own_forward, gradient_positions=self.tokens if own else None,
+                         target=self.target)
 
     def describe(self) -> dict:
         return super().describe() | {"reduction": self.reduction}

@@ -38,7 +38,7 @@ from ..losses import SSSRegularizer
 from ..models import load_model
 from .checkpoints import trained_editor
 from .requests import eval_requests
-from .spec import EDITED_BLOCK, TRAINABLE, Cell, Study, config_hash, slug
+from .spec import EDITED_BLOCK, Cell, Study, config_hash, slug
 from .store import RecordLog, UneditedCache, is_done, mark_done
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def build_regularizer(settings: Optional[dict], model, tokenizer, options: dict)
 
 def build_editor(study: Study, cell: Cell, model, tokenizer, out: Path, progress: bool):
     regularizer = build_regularizer(cell.regularizer, model, tokenizer, study.settings["editors"])
-    if cell.editor in TRAINABLE:
+    if editor_class(cell.editor).is_trainable():
         return trained_editor(study, cell, model, tokenizer, regularizer, out, progress=progress)
     return editor_class(cell.editor)(model, tokenizer, regularizer=regularizer, progress=False,
                                      **cell.config["editor_options"])

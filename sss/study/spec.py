@@ -5,15 +5,15 @@ A file names a grid (see docs/study.md for every key)::
     name = "table1"
     summary = "table"                      # how sss.study.summary reads the cells
     mode = "single"                        # or "sequential": one cell per n in the scale's `sizes`
-    editors = ["ft-l", "mend", "serac"]
+    editors = "all"                        # every registered editor, or a list: ["ft-l", "mend"]
     datasets = ["zsre", "counterfact"]     # names in DATASETS, or [data.NAME] tables of the file
     regularizers = ["none", {C = 0.9}]     # list-valued fields expand: {C = [0, 0.5], target = [...]}
     score_sss = ["last_hidden"]            # optional: pre-edit SSS scores stored in every record
 
     [scales.cpu]                           # overrides of SCALES["cpu"]
     eval_requests = 100
-    [scales.cpu.editors.serac]             # editor options at this scale
-    cf_layers = 4
+    [scales.cpu.editors.serac]             # editor options at this scale (over the editor's
+    cf_layers = 4                          # own study_options for it)
 
 A cell is one (editor, dataset, regularizer, seed) run; its ``config`` is everything that decides
 its records, and the folder it writes is ``<label>-<hash of config>``.
@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
+from ..editors import editor_class, editor_names
+
 SUMMARIES = ("table", "sequential", "categories", "c_sweep", "sss_metric")
-TRAINABLE = ("mend", "serac")
 SCALE_NAMES = ("smoke", "cpu", "gpu")
 DATA_ENV = "SSS_STUDY_DATA"
 # The block FT-L edits, resolved against the model when the cell runs (the issue's third reading).
@@ -51,17 +52,17 @@ DATASETS: Dict[str, dict] = {
 }
 TRAINING_DATA = {"train": "zsre/zsre_mend_train-1k.json", "train_slice": [0, 700], "val_slice": [700, 800]}
 
-# Per-scale defaults; a file's [scales.NAME] overrides any of them.
+# Per-scale defaults; a file's [scales.NAME] overrides any of them. Each editor's options at a
+# scale start from what its class declares (``Editor.study_options``).
 SCALES: Dict[str, dict] = {
     "smoke": {"model": "tiny-gpt2", "device": "cpu", "eval_requests": 3, "seeds": [0], "sizes": [1, 2, 4],
               "generate": False, "eval_batch_size": 32, "train_requests": 16, "val_requests": 4,
               "train_steps": 2, "episodes_per_step": 1, "edit_batch_size": 1, "val_every": 2, "val_episodes": 2,
-              "train_lr": {}, "editors": {"ft-l": {"steps": 3}, "mend": {"rank": 8, "stats_requests": 4},
-                                          "serac": {"train_encoder": False}}},
+              "train_lr": {}, "editors": {}},
     "cpu": {"model": "smollm2-135m", "device": "cpu", "eval_requests": 100, "seeds": [0, 1, 2], "sizes": [1, 10, 100],
             "generate": False, "eval_batch_size": 32, "train_requests": 700, "val_requests": 50,
             "train_steps": 40, "episodes_per_step": 5, "edit_batch_size": 1, "val_every": 20, "val_episodes": 20,
-            "train_lr": {}, "editors": {"mend": {"init_edit_lr": 1e-5}, "serac": {}}},
+            "train_lr": {}, "editors": {}},
     "gpu": {"model": "gpt2-xl", "device": "cuda", "eval_requests": None, "seeds": [0, 1, 2],
             "sizes": [1, 10, 100, 1000], "generate": True, "eval_batch_size": 64, "train_requests": 700,
             "val_requests": 100, "train_steps": 1000, "episodes_per_step": 10, "edit_batch_size": 1,
@@ -185,7 +186,10 @@ def load_study(source: Union[str, os.PathLike, dict], scale: str = "smoke", *, d
         raise ValueError(f"{where}: unknown summary {summary!r}; choose one of {', '.join(SUMMARIES)}")
     if mode not in ("single", "sequential"):
         raise ValueError(f"{where}: mode must be 'single' or 'sequential', got {mode!r}")
-    settings = merge_scale(SCALES[scale], raw.get("scales", {}).get(scale, {}), where)
+    editors = study_editors(raw["editors"], where)
+    defaults = copy.deepcopy(SCALES[scale])
+    defaults["editors"] = {name: dict(editor_class(name).study_options.get(scale, {})) for name in editor_names()}
+    settings = merge_scale(defaults, raw.get("scales", {}).get(scale, {}), where)
     if model:
         settings["model"] = model
     if device:
@@ -197,11 +201,23 @@ def load_study(source: Union[str, os.PathLike, dict], scale: str = "smoke", *, d
     regularizers = expand_regularizers(raw.get("regularizers", ["none"]), where)
     scores = [str(t) for t in raw.get("score_sss", [])]
     lengths = sorted(settings["sizes"]) if mode == "sequential" else [None]
-    for editor, dataset, regularizer in itertools.product(raw["editors"], raw["datasets"], regularizers):
-        seeds = settings["seeds"] if editor in TRAINABLE else settings["seeds"][:1]
+    for editor, dataset, regularizer in itertools.product(editors, raw["datasets"], regularizers):
+        seeds = settings["seeds"] if editor_class(editor).is_trainable() else settings["seeds"][:1]
         for seed, length in itertools.product(seeds, lengths):
             study.cells.append(make_cell(study, editor, datasets[dataset], regularizer, seed, scores, length))
     return study
+
+
+def study_editors(entry, where: str) -> List[str]:
+    """A study's ``editors``: ``"all"`` (every registered editor, in registration order) or a list of names."""
+    if entry == "all":
+        return editor_names()
+    if not isinstance(entry, list) or not entry or not all(isinstance(name, str) for name in entry):
+        raise ValueError(f"{where}: editors must be \"all\" or a non-empty list of editor names, got {entry!r}")
+    unknown = [name for name in entry if name not in editor_names()]
+    if unknown:
+        raise ValueError(f"{where}: unknown editor(s) {unknown}; registered editors: {', '.join(editor_names())}")
+    return list(dict.fromkeys(entry))
 
 
 def merge_scale(defaults: dict, overrides: dict, where: str) -> dict:
@@ -276,7 +292,7 @@ def make_cell(study: Study, editor: str, data: DataSpec, regularizer: Optional[d
         "eval_batch_size": s["eval_batch_size"],
         "score_sss": scores,
     }
-    if editor in TRAINABLE:
+    if editor_class(editor).is_trainable():
         config["training"] = training_config(study, editor, data, regularizer, seed)
     parts = [editor, data.name, regularizer_label(regularizer), f"s{seed}"]
     if length is not None:

@@ -66,7 +66,7 @@ each episode holds), ``checkpoint`` (the files, and reading an editor's checkpoi
 """
 from .checkpoint import (CONFIG_FILE, LOG_FILE, WEIGHTS_FILE, checkpoint_editor, load_tensors, read_checkpoint,
                          read_editor_checkpoint, refuse_mismatches, resolve_checkpoint, shape_mismatches, shapes,
-                         verify_checkpoint, write_checkpoint)
+                         verify_checkpoint, write_checkpoint, write_editor_checkpoint)
 from .config import Episode, Trainable, TrainConfig, TrainResult
 from .episodes import EpisodeStream
 from .loop import train
@@ -74,4 +74,4 @@ from .run_folder import checkpoint_to_resume
 
 __all__ = ["CONFIG_FILE", "LOG_FILE", "WEIGHTS_FILE", "Episode", "EpisodeStream", "Trainable", "TrainConfig",
            "TrainResult", "checkpoint_editor", "checkpoint_to_resume", "load_tensors", "read_checkpoint", "read_editor_checkpoint", "refuse_mismatches",
-           "resolve_checkpoint", "shape_mismatches", "shapes", "train", "verify_checkpoint", "write_checkpoint"]
+           "resolve_checkpoint", "shape_mismatches", "shapes", "train", "verify_checkpoint", "write_checkpoint", "write_editor_checkpoint"]

@@ -177,15 +177,28 @@ def resolve_checkpoint(path: Union[str, Path]) -> Path:
     return path
 
 
+TRAINABLE_KEY = "trainable"
+
+
+def write_editor_checkpoint(path: Union[str, Path], tensors: Dict[str, torch.Tensor], editor_config: dict) -> Path:
+    """An editor's ``save``: its ``checkpoint_config()`` nested under ``"trainable"``, as the training loop writes it."""
+    return write_checkpoint(path, tensors, {TRAINABLE_KEY: editor_config})
+
+
+def editor_section(saved: dict) -> dict:
+    """The editor's part of a checkpoint's config: under ``"trainable"`` (every checkpoint written
+    now), or the whole config (``MEND.save`` of sss 0.1.0 wrote it at the top)."""
+    return saved.get(TRAINABLE_KEY, saved)
+
+
 def read_editor_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], dict, Path]:
     """``(tensors, editor config, folder)`` of an editor's checkpoint: a ``save`` folder or a training run.
 
-    The training loop nests the editor's ``checkpoint_config()`` under ``"trainable"``; a ``save``
-    folder may hold it at the top. Either way it names the editor (``"editor"``).
+    Either way the editor config names the editor (``"editor"``).
     """
     folder = resolve_checkpoint(path)
     tensors, saved = read_checkpoint(folder)
-    return tensors, saved.get("trainable", saved), folder
+    return tensors, editor_section(saved), folder
 
 
 def checkpoint_editor(path: Union[str, Path]) -> str:
@@ -197,7 +210,7 @@ def checkpoint_editor(path: Union[str, Path]) -> str:
     if not config_path.is_file():
         raise ValueError(f"{path} is not an sss checkpoint: it has no {CONFIG_FILE} (nor best/{CONFIG_FILE})")
     saved = read_json(config_path)
-    inner = saved.get("trainable", saved) if isinstance(saved, dict) else None
+    inner = editor_section(saved) if isinstance(saved, dict) else None
     name = inner.get("editor") if isinstance(inner, dict) else None
     if not isinstance(name, str):
         raise ValueError(f"{config_path} does not say which editor it holds (no 'editor' key)")

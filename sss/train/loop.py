@@ -21,7 +21,7 @@ from .. import distributed
 from ..data import EditRequest
 from ..files import append_jsonl, read_json, read_jsonl, write_text_atomic
 from .checkpoint import (LOG_FILE, config_differences, json_default, load_optimizer, optimizer_files,
-                         read_checkpoint, write_checkpoint)
+                         TRAINABLE_KEY, read_checkpoint, write_checkpoint)
 from .collective import all_reduce_sum, rng_states, set_rng_states
 from .config import Episode, Trainable, TrainConfig, TrainResult
 from .episodes import EpisodeStream
@@ -183,7 +183,7 @@ class _Trainer:
             append_jsonl(self.out / LOG_FILE, record)  # whole line or none; a torn tail is cut first
 
     def _checkpoint_config(self, metrics: Optional[dict]) -> dict:
-        return {"trainable": self.trainable.checkpoint_config(), "train": self.config.to_dict(),
+        return {TRAINABLE_KEY: self.trainable.checkpoint_config(), "train": self.config.to_dict(),
                 "step": self.step, "metrics": metrics}
 
     def _save_best(self, metrics: dict) -> None:
@@ -211,7 +211,7 @@ class _Trainer:
             return False
         hint = recovery_hint(self.out)
         tensors, saved = read_checkpoint(folder, hint)
-        problems = config_differences(saved["trainable"], json.loads(json.dumps(
+        problems = config_differences(saved[TRAINABLE_KEY], json.loads(json.dumps(
             self.trainable.checkpoint_config(), default=json_default)))
         train_now = {k: v for k, v in self.config.to_dict().items() if k not in _RESUMABLE_CHANGES}
         train_then = {k: v for k, v in saved["train"].items() if k not in _RESUMABLE_CHANGES}

@@ -1,7 +1,10 @@
-"""What every editor shares: the ``Editor`` contract, configs, the registry, handles, transactions,
-sessions, and the block capture that runs a model's frozen lower part once."""
-from .base import (EDITORS, EditHandle, EditSession, Editor, EditorConfig, OuterLossConfig, WeightEditHandle,
-                   editor_class, forget_edits, register_editor, snapshot)
+"""What every editor shares: the ``Editor`` contract, configs and their checks, the registry,
+handles, transactions, sessions, and the block capture that runs a model's frozen lower part once."""
+from .config import EditorConfig, OuterLossConfig
+from .editor import Editor
+from .history import EditHandle, EditSession, forget_edits, transaction
+from .registry import EDITORS, discover, editor_class, editor_names, register_editor
+from .weight_handle import WeightEditHandle, snapshot
 
 __all__ = ["EDITORS", "EditHandle", "EditSession", "Editor", "EditorConfig", "OuterLossConfig", "WeightEditHandle",
-           "editor_class", "forget_edits", "register_editor", "snapshot"]
+           "discover", "editor_class", "editor_names", "forget_edits", "register_editor", "snapshot", "transaction"]

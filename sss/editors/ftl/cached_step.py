@@ -9,16 +9,17 @@ FT-L trains MLP output projections and freezes everything else, so per edit
 * the LM head runs only at the positions the loss reads: for ``prompt_last`` the last prompt
   position of each row, for ``target_new`` (and for SSS's ``J``) the positions that predict the
   target tokens; the logits come back as a narrow ``[B, W, V]`` tensor with a matching
-  ``PairBatch`` (``sss.losses.window``), so ``sss.losses.edit_loss`` reads the same values it
+  ``PairBatch`` (``sss.losses.head``), so ``sss.losses.edit_loss`` reads the same values it
   reads from full logits;
 * for ``prompt_last`` without a regularizer only the prompt is fed: under causal attention the
-  target tokens after it cannot change the last prompt position's logits. The same holds with
-  SSS on ``last_hidden`` over the prompt tokens (the default): of J's gradient there only the
-  last prompt position's is non-zero (:func:`reads_last_prompt_gradient_only`), so J is replaced
-  by its term for the first target token (:func:`first_target_nll`), which has that gradient;
+  target tokens after it cannot change the last prompt position's logits. The same holds where
+  the regularizer declares that it reads J's gradient at the last prompt position only (SSS on
+  ``last_hidden`` over the prompt tokens, the default: ``Shortcuts.last_prompt_gradient_only``),
+  so J is replaced by its term for the first target token (``sss.losses.first_target_nll``),
+  which has that gradient;
 * otherwise the last token of the longest row is left out (:func:`fed_width`): it predicts
   nothing either loss reads, and it changes no position before it;
-* the LM head is read through a contiguous transposed copy (sss/editors/ftl/frozen_weights.py).
+* the LM head is read through a contiguous transposed copy (``sss.losses.head.frozen_head``).
 
 SSS on ``input_embeds``, or on a block at or below the lowest edited one, differentiates through
 the frozen part, so the capture keeps that part's graph (``BlockCache.capture(leaf_at=...)``):
@@ -29,8 +30,8 @@ final backward must go to the trained weights only (``loss.backward(inputs=...)`
 which also skips the gradient of the embeddings nobody reads.
 
 The full forward (the straightforward loop) stays the fallback where the cache would be wrong:
-modules in training mode (dropout differs at every step) and regularizers that override
-``forward``/``loss_and_penalty`` (their computation is theirs). With ``last_hidden`` the head's
+modules in training mode (dropout differs at every step) and regularizers that do not allow an
+editor its own forward (``Shortcuts.own_forward``: their computation is theirs). With ``last_hidden`` the head's
 input is the final norm's output at every position, so SSS sees the gradient at every masked
 position; positions whose logits ``J`` does not read get exactly zero gradient, as with full
 logits. tests/test_ftl_fast.py checks the final weights against the straightforward loop.
@@ -43,32 +44,16 @@ import logging
 from typing import Callable, Optional, Tuple
 
 import torch
-from torch import nn
 
-from ..core.block_cache import BlockCache
-from .frozen_weights import transposed
 from ...data import PairBatch
+from ...losses import SparsityRegularizer, first_target_nll, target_nll
+from ...losses.head import at_columns, frozen_head, target_window
 from ...models import second_order_attention
-from ...losses import SSSRegularizer, SparsityRegularizer, runs_base_forward, target_nll
-from ...losses.window import at_columns, target_window
+from ..core.block_cache import BlockCache
 
 logger = logging.getLogger(__name__)
 
 StepResult = Tuple[torch.Tensor, PairBatch, Optional[torch.Tensor]]  # logits, batch they match, penalty
-
-
-@contextlib.contextmanager
-def train_only(model, trained):
-    """Let only ``trained`` require grad (so backward skips the rest), then put the flags back."""
-    flags = {p: p.requires_grad for p in model.parameters()}
-    keep = {id(p) for p in trained}
-    try:
-        for p in model.parameters():
-            p.requires_grad_(id(p) in keep)
-        yield
-    finally:
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
 
 
 def step_forward(model, batch: PairBatch, objective: str, regularizer: Optional[SparsityRegularizer],
@@ -90,31 +75,13 @@ def step_forward(model, batch: PairBatch, objective: str, regularizer: Optional[
     return _cached_step(model, batch, objective, regularizer, lowest_block, projection)
 
 
-def _sss_over_prompt(regularizer: SparsityRegularizer) -> bool:
-    """Whether the penalty is SSS's own over the prompt tokens (what the shortcuts below rely on)."""
-    kind = type(regularizer)
-    return (regularizer.tokens == "prompt" and kind.penalty is SSSRegularizer.penalty
-            and kind.token_mask is SparsityRegularizer.token_mask)
-
-
-def reads_last_prompt_gradient_only(regularizer: Optional[SparsityRegularizer]) -> bool:
-    """Whether the penalty needs J's gradient at each row's last prompt position and nowhere else.
-
-    True for SSS on the LM head's input (``last_hidden``) over the prompt tokens: the logits at
-    position i depend on the head's input at i alone, and J reads the logits at the positions
-    that predict the target, so of the prompt positions only the last one has a non-zero
-    gradient, ``-(1/T) d log p(first target token) / dx``. That position sees only the prompt.
-    """
-    return regularizer is not None and regularizer.target == "last_hidden" and _sss_over_prompt(regularizer)
-
-
 def full_path_reason(model, regularizer, lowest_block: int) -> Optional[str]:
     """Why the cached path would not give the straightforward loop's result, or None."""
     if any(module.training for module in model.modules()):
         return "modules are in training mode"
     if regularizer is None:
         return None
-    if not runs_base_forward(regularizer):
+    if not regularizer.shortcuts().own_forward:
         return f"{type(regularizer).__name__} computes its own forward pass"
     return None
 
@@ -141,7 +108,7 @@ def fed_width(batch: PairBatch, regularizer: Optional[SparsityRegularizer], prom
     if prompt_only:
         return int(batch.prompt_lengths.max())
     length = batch.input_ids.shape[1]
-    if regularizer is not None and not _sss_over_prompt(regularizer):
+    if regularizer is not None and regularizer.shortcuts().reads_target_positions:
         return length
     longest = int((batch.prompt_lengths + batch.target_lengths).max())
     return min(length, max(int(batch.prompt_lengths.max()), longest - 1))
@@ -157,7 +124,8 @@ def _full_step(model, batch, regularizer) -> Callable[[], StepResult]:
 
 
 def _cached_step(model, batch, objective, regularizer, lowest_block, projection=None) -> Callable[[], StepResult]:
-    prompt_only = objective == "prompt_last" and (regularizer is None or reads_last_prompt_gradient_only(regularizer))
+    prompt_only = objective == "prompt_last" and (
+        regularizer is None or regularizer.shortcuts().last_prompt_gradient_only)
     width = fed_width(batch, regularizer, prompt_only)
     leaf_at = graph_origin(regularizer, lowest_block)
     # The frozen part's graph is differentiated twice per step: its attention needs the kernels that allow it.
@@ -194,29 +162,3 @@ def loss_columns(batch: PairBatch, prompt_only: bool, width: int) -> Tuple[torch
     columns, loss_batch = target_window(batch)
     # A column past the fed width is the last one of its window, whose logits no loss reads.
     return columns.clamp_max(width - 1), loss_batch
-
-
-def first_target_nll(logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
-    """J's term for the first target token, ``-log p(y_1 | prompt) / T``, per row. Shape [B].
-
-    ``logits`` are ``[B, 1, V]`` at each row's last prompt position (``target_nll`` reads the
-    same logits for the same label, divided by the same target length).
-    """
-    log_probs = torch.log_softmax(logits[:, 0].to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-    first = batch.labels.gather(1, batch.prompt_lengths.unsqueeze(1))  # the token right after the prompt
-    return -log_probs.gather(1, first).squeeze(1) / batch.target_lengths.to(log_probs.dtype)
-
-
-def frozen_head(model) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The LM head as ``x @ W^T`` with a contiguous ``W^T`` when it is a frozen ``nn.Linear``.
-
-    For the few rows a step reads, that layout's products (forward ``x @ W^T``, backward
-    ``g @ W``) run ~40% faster than ``F.linear`` on the ``[V, H]`` weight; equal to rounding.
-    """
-    head = model.get_output_embeddings()
-    frozen = type(head) is nn.Linear and not head.weight.requires_grad \
-        and (head.bias is None or not head.bias.requires_grad)
-    if not frozen:
-        return head
-    weight_t, bias = transposed(head.weight), head.bias
-    return (lambda x: x @ weight_t) if bias is None else (lambda x: x @ weight_t + bias)

@@ -7,18 +7,15 @@ is below ``early_stop_loss``. With a regularizer each step optimises Eq. 10,
 ``(1 - C) * L_e + C * penalty``, the penalty built with ``create_graph=True`` so that its own
 gradient reaches the trained weights.
 
-A step runs only what the trained weights change (sss/editors/ftl/cached_step.py): the frozen blocks
-below run once per edit, the LM head only where the loss reads it (through a transposed copy,
-sss/editors/ftl/frozen_weights.py).
+A step runs only what the trained weights change (:mod:`.cached_step`): the frozen blocks below
+run once per edit, the LM head only where the loss reads it (``sss.losses.head``); several
+independent edits can train together (:mod:`.grouped`, ``FTL.edit_each``).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import numbers
-from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -28,83 +25,13 @@ from ...data.requests import as_request_list
 from ...data.tokenize import context_length
 from ...losses import edit_loss
 from ...models import layout_of, mlp_out_path, num_blocks, second_order_attention
-from ..core.base import Editor, EditorConfig, WeightEditHandle, register_editor, snapshot
-from .cached_step import step_forward, train_only
+from ..core import Editor, WeightEditHandle, register_editor, snapshot, transaction
+from ..core.grad_flags import train_only
+from .cached_step import step_forward
+from .config import ARCH_DEFAULTS, FTLConfig
 from .grouped import train_each, unsupported_reason
-from ..core.history import transaction
 
 logger = logging.getLogger(__name__)
-
-OBJECTIVES = ("prompt_last", "target_new")
-
-# Per-architecture defaults for the fields left as None. The block is given as a fraction of the
-# depth so that one entry serves every size of a family. GPT-2: the paper's GPT-2 XL setting
-# (block 0, radius 5e-4). Llama family (SmolLM2-135M: block 10 of 30): see docs/ftl.md; radius
-# 5e-4 cannot flip a fact there in 25 steps, 5e-3 does.
-ARCH_DEFAULTS: Dict[str, dict] = {
-    "gpt2": {"depth_fraction": 0.0, "norm_constraint": 5e-4},
-    "gpt_neo": {"depth_fraction": 0.0, "norm_constraint": 5e-4},
-    "gptj": {"depth_fraction": 0.0, "norm_constraint": 5e-4},
-    "llama": {"depth_fraction": 1 / 3, "norm_constraint": 5e-3},
-    "mistral": {"depth_fraction": 1 / 3, "norm_constraint": 5e-3},
-    "qwen2": {"depth_fraction": 1 / 3, "norm_constraint": 5e-3},
-    "qwen3": {"depth_fraction": 1 / 3, "norm_constraint": 5e-3},
-}
-
-
-@dataclass
-class FTLConfig(EditorConfig):
-    """FT-L's hyper-parameters (EasyEdit defaults). ``None`` means: the architecture's default."""
-
-    layers: Optional[Tuple[int, ...]] = None
-    norm_constraint: Optional[float] = None
-    lr: float = 5e-4
-    steps: int = 25
-    weight_decay: float = 0.0
-    early_stop_loss: float = 1e-2
-    objective: str = "prompt_last"
-
-    def __post_init__(self):
-        # Checked by type, not coerced: int("10") would quietly turn layers="10" into blocks 1, 0.
-        if not isinstance(self.objective, str) or self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown FT-L objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-        if not _is_int(self.steps) or self.steps < 1:
-            raise ValueError(f"steps must be an integer of at least 1, got {self.steps!r}")
-        _require_real("lr", self.lr, positive=True)
-        _require_real("weight_decay", self.weight_decay, minimum=0.0)
-        _require_real("early_stop_loss", self.early_stop_loss)  # negative: never stop early
-        if self.norm_constraint is not None:
-            _require_real("norm_constraint", self.norm_constraint, positive=True, extra=" (or None for the default)")
-        if self.layers is not None:
-            self.layers = _block_list(self.layers)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _require_real(name: str, value, *, positive: bool = False, minimum: Optional[float] = None,
-                  extra: str = "") -> None:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and positive and value <= 0:
-        ok = False
-    if ok and minimum is not None and value < minimum:
-        ok = False
-    if not ok:
-        want = "a positive number" if positive else "a finite number" if minimum is None else f"a number >= {minimum}"
-        raise ValueError(f"{name} must be {want}{extra}, got {value!r}")
-
-
-def _block_list(layers) -> Tuple[int, ...]:
-    """``layers`` as a tuple of block indices: one int or a non-empty sequence of ints."""
-    if _is_int(layers):
-        return (int(layers),)
-    if isinstance(layers, (str, bytes)) or not isinstance(layers, (list, tuple)) \
-            or not all(_is_int(layer) for layer in layers):
-        raise ValueError(f"layers must be a block index or a list of block indices (integers), got {layers!r}")
-    if not layers:
-        raise ValueError("layers must name at least one block, got an empty list")
-    return tuple(int(layer) for layer in layers)
 
 
 @register_editor("ft-l", display="FT-L")
@@ -112,6 +39,7 @@ class FTL(Editor):
     """``FTL(model, tokenizer, config=None, *, regularizer=None, progress=True, **overrides)``."""
 
     config_class = FTLConfig
+    study_options = {"smoke": {"steps": 3}}
 
     def __init__(self, model, tokenizer, config: Optional[FTLConfig] = None, **kwargs):
         super().__init__(model, tokenizer, config, **kwargs)
@@ -172,7 +100,7 @@ class FTL(Editor):
 
     def _apply_trained(self, request: EditRequest, values: Dict[str, torch.Tensor], history: List[dict]
                        ) -> WeightEditHandle:
-        """Put weights trained by ``ft_parallel.train_each`` in place, as ``edit(request)`` would leave them."""
+        """Put weights trained by ``grouped.train_each`` in place, as ``edit(request)`` would leave them."""
         with transaction(self.edited_modules(), self.undo_point()):
             originals = snapshot(self.base_model, self.parameter_names)
             params = dict(self.base_model.named_parameters())
@@ -182,30 +110,17 @@ class FTL(Editor):
             return WeightEditHandle(self.base_model, originals, [request], self.name, {"history": history})
 
     def _apply(self, requests: List[EditRequest]) -> WeightEditHandle:
+        # Runs inside Editor.edit's transaction: whatever is raised while training (Ctrl-C, out of
+        # memory), the weights, their .grad and the modules' modes are put back there.
         model = self.base_model
         batch = encode_pairs(self.tokenizer, [r.prompt for r in requests], [r.target_new for r in requests],
                              max_length=context_length(self.tokenizer, model), device=self.device)
         originals = snapshot(model, self.parameter_names)
         params = dict(model.named_parameters())
         trained = [params[name] for name in self.parameter_names]
-        # A transaction: whatever is raised while training (Ctrl-C, out of memory, a NaN check),
-        # the model leaves as it came, bit for bit, because no handle would exist to undo it.
-        grads = [p.grad for p in trained]
-        modes = {module: module.training for module in model.modules()}
-        try:
-            history = self._train(model, batch, trained, originals)
-            logger.debug("FT-L on %d request(s): %s", len(requests), history)
-            return WeightEditHandle(model, originals, requests, self.name, {"history": history})
-        except BaseException:
-            with torch.no_grad():
-                for name, param, grad in zip(self.parameter_names, trained, grads):
-                    param.copy_(originals[name])
-                    param.grad = grad
-            raise
-        finally:
-            for module, mode in modes.items():
-                if module.training != mode:
-                    module.train(mode)
+        history = self._train(model, batch, trained, originals)
+        logger.debug("FT-L on %d request(s): %s", len(requests), history)
+        return WeightEditHandle(model, originals, requests, self.name, {"history": history})
 
     def _train(self, model, batch, trained, originals) -> List[dict]:
         """The optimisation itself; changes ``trained`` in place and returns the loss history."""
@@ -234,7 +149,7 @@ class FTL(Editor):
                     break
                 loss = edit if penalty is None else regularizer.combine(edit, penalty)
                 # To the trained weights only: the graph of a frozen part kept for SSS (see
-                # ft_forward) is neither differentiated for nothing nor freed.
+                # cached_step) is neither differentiated for nothing nor freed.
                 loss.backward(inputs=trained)
                 optimizer.step()
                 with torch.no_grad():

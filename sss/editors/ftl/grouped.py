@@ -1,16 +1,14 @@
 """FT-L on many requests at once, each trained exactly as if it were edited alone.
 
 Single-mode evaluation edits every request from the same unedited model and undoes it, so the
-edits are independent; what makes them slow one at a time is the frozen part of the model. A
-step of one CounterFact request feeds ~10 tokens through the 19 blocks above the edited one of
-SmolLM2-135M, and at 10 rows a matmul runs at about 60% of the speed the core reaches at 100
-(33 vs 52 GFLOP/s for a 576 x 1536 projection on this project's CPU, one thread), and every
-step pays its per-operation overhead once per call. :func:`train_each` stacks ``K`` requests into
-one padded batch, so each step runs the frozen part once for all of them, and gives every request
+edits are independent; what makes them slow one at a time is the frozen part of the model: a
+step of one CounterFact request feeds ~10 tokens through every block above the edited one, and
+at so few rows a matmul runs well below the speed a core reaches on a hundred, while every step
+pays its per-operation overhead once per call. :func:`train_each` stacks ``K`` requests into one
+padded batch, so each step runs the frozen part once for all of them, and gives every request
 its own copy of the trained projection (a ``[K, ...]`` stack; the edited block's output is a
-batched matmul standing in for the projection in ``ft_forward``'s cached step). On SmolLM2 8
-edits take 0.33–0.35x the straightforward loop's CPU time this way, against 0.66x one at a time
-(``benchmarks/ftl_speed.py``).
+batched matmul standing in for the projection in the cached step, :mod:`.cached_step`). What
+it saves is measured by ``benchmarks/ftl_speed.py`` (figures in benchmarks/README.md).
 
 Why this is the same computation as ``K`` separate edits:
 
@@ -40,7 +38,8 @@ from ...data import EditRequest, encode_pairs
 from ...data.tokenize import context_length
 from ...losses import edit_loss
 from ...models import mlp_out_path
-from .cached_step import full_path_reason, step_forward, train_only
+from ..core.grad_flags import train_only
+from .cached_step import full_path_reason, step_forward
 
 TrainedEdit = Tuple[Dict[str, torch.Tensor], List[dict]]  # trained values by parameter name, loss history
 

@@ -1,7 +1,7 @@
 """MEND (Mitchell et al., "Fast Model Editing at Scale", ICLR 2022): a trained gradient transform.
 
 ``network``: the transform of each edited layer's factors; ``hooks``: the inner pass that
-captures them (``head_gradient``: its loss gradient at the last hidden states, the LM head read once); ``editor``: the ``MEND`` editor (the edit and its checkpoints); ``objective``:
+captures them (its loss gradient at the last hidden states: ``sss.losses.head.gradient``, the LM head read once); ``editor``: the ``MEND`` editor (the edit and its checkpoints); ``objective``:
 how it is trained (the outer loss of an episode, ``fit``).
 """
 from .editor import MEND, MENDConfig

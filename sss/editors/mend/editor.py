@@ -27,8 +27,9 @@ from ...files import check_fingerprint, weights_fingerprint
 from ...data.tokenize import PairBatch, context_length
 from ...losses import regularizer_from_description
 from ...models import is_conv1d, mlp_in_paths, mlp_out_path, num_blocks
-from ...train import read_editor_checkpoint, refuse_mismatches, shape_mismatches, shapes, write_checkpoint
+from ...train import read_editor_checkpoint, refuse_mismatches, shape_mismatches, shapes, write_editor_checkpoint
 from ..core import Editor, OuterLossConfig, WeightEditHandle, register_editor, snapshot
+from ..core.config import block_list, require_positive_integer, require_real
 from .hooks import factor_operands, factor_product, layer_factors
 from .network import MENDNetworks
 from .objective import MENDTraining, eval_mode
@@ -63,21 +64,16 @@ class MENDConfig(OuterLossConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.layers is not None:
-            self.layers = tuple(int(layer) for layer in self.layers)
-            if not self.layers:
-                raise ValueError("MENDConfig.layers must name at least one block (or be None)")
+            self.layers = block_list(self.layers, "MENDConfig.layers")
         self.weights = tuple(self.weights)
         unknown = sorted(set(self.weights) - set(WEIGHT_KINDS))
         if unknown or not self.weights:
             raise ValueError(f"MENDConfig.weights must be a non-empty subset of {WEIGHT_KINDS}, got {self.weights}")
         for name in ("rank", "stats_requests"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"MENDConfig.{name} must be at least 1, got {getattr(self, name)}")
-        if self.n_hidden < 0:
-            raise ValueError(f"MENDConfig.n_hidden must be >= 0, got {self.n_hidden}")
-        for name in ("lr", "lr_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"MENDConfig.{name} must be positive, got {getattr(self, name)}")
+            require_positive_integer(f"MENDConfig.{name}", getattr(self, name))
+        require_positive_integer("MENDConfig.n_hidden", self.n_hidden, minimum=0)
+        for name in ("lr", "lr_lr", "init_edit_lr"):
+            require_real(f"MENDConfig.{name}", getattr(self, name), positive=True)
 
 
 @register_editor("mend", display="MEND")
@@ -90,6 +86,7 @@ class MEND(MENDTraining, Editor):
 
     config_class = MENDConfig
     requires_checkpoint = True  # untrained, an edit is a bare gradient step
+    study_options = {"smoke": {"rank": 8, "stats_requests": 4}, "cpu": {"init_edit_lr": 1e-5}}
 
     def __init__(self, model, tokenizer, config: Optional[MENDConfig] = None, *, model_name: Optional[str] = None,
                  **kwargs):
@@ -194,7 +191,7 @@ class MEND(MENDTraining, Editor):
 
     def save(self, path: Union[str, Path]) -> Path:
         """Write the trained editor: ``weights.safetensors`` + ``config.json`` in folder ``path``."""
-        return write_checkpoint(path, self.state_dict(), self.checkpoint_config())
+        return write_editor_checkpoint(path, self.state_dict(), self.checkpoint_config())
 
     @classmethod
     def from_checkpoint(cls, path: Union[str, Path], model: nn.Module, tokenizer, **overrides) -> "MEND":

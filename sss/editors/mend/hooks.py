@@ -9,14 +9,13 @@ Only what the factors need is computed: every base parameter is frozen for the p
 weights are passed to ``functional_call`` as fresh leaves, so the graph starts at the first
 edited layer and nothing below it keeps activations or is reached by the backward). The LM head
 runs only where a target token is predicted: for the architectures of
-:mod:`.head_gradient` the model body runs alone and the loss's gradient at those positions'
+:mod:`sss.losses.head.gradient` the model body runs alone and the loss's gradient at those positions'
 hidden states is formed in one pass over the head (:func:`nll_hidden_gradient`); for others the
 whole model runs with its head on the tail of the sequence that holds the predictions
 (``logits_to_keep``). Logits at other positions do not enter the loss, so neither path changes ``δ``.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -25,36 +24,8 @@ from torch.func import functional_call
 
 from ...data import PairBatch
 from ...losses import target_nll
-from .head_gradient import nll_hidden_gradient, split_head
-
-
-@contextlib.contextmanager
-def frozen(model: nn.Module):
-    """No base-model parameter requires grad inside the block; the flags come back on exit, even on errors."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-def target_tail(batch: PairBatch) -> Tuple[int, PairBatch]:
-    """``(k, tail)``: the last ``k`` positions hold every target prediction of ``batch``.
-
-    The first target token of the row with the shortest prompt is predicted at its last prompt
-    position, so the tail starts there. ``tail`` is ``batch`` cut to those positions (prompt
-    lengths counted within the tail); ``target_nll(model(..., logits_to_keep=k).logits, tail)``
-    equals ``target_nll(model(...).logits, batch)``.
-    """
-    length = batch.input_ids.shape[1]
-    keep = length - int(batch.prompt_lengths.min()) + 1
-    start = length - keep
-    cut = {name: getattr(batch, name)[:, start:] for name in
-           ("input_ids", "attention_mask", "labels", "prompt_mask", "target_mask")}
-    return keep, PairBatch(**cut, prompt_lengths=batch.prompt_lengths - start, target_lengths=batch.target_lengths)
+from ..core.grad_flags import train_only
+from ...losses.head import nll_hidden_gradient, split_head, target_tail
 
 
 def _whole_model_loss(model: nn.Module, leaves: Dict[str, torch.Tensor], batch: PairBatch
@@ -104,7 +75,7 @@ def layer_factors(model: nn.Module, weights: Dict[str, torch.Tensor], batch: Pai
     if split is not None and not all(name.startswith(split[0] + ".") for name in weights):
         split = None
     try:
-        with frozen(model), torch.enable_grad():
+        with train_only(model), torch.enable_grad():
             leaves = {name: value.detach().requires_grad_(True) for name, value in weights.items()}
             if split is None:
                 outputs, grad_outputs = _whole_model_loss(model, leaves, batch)

@@ -27,7 +27,9 @@ from ...eval.metrics import argmax_agreement, token_accuracy
 from ...losses import locality_kl, target_nll
 from ...models import second_order_attention
 from ...train import Episode, TrainConfig, TrainResult, train
-from .hooks import frozen, layer_factors, target_tail
+from ..core.grad_flags import train_only
+from ...losses.head import target_tail
+from .hooks import layer_factors
 
 
 class MENDTraining:
@@ -148,7 +150,7 @@ class MENDTraining:
         config = config or TrainConfig(progress=self.progress)
         if self.config.normalize and not all(n.ready for n in self.networks.norms()):
             self.init_statistics(list(train_requests)[:self.config.stats_requests])
-        with frozen(self.base_model):
+        with train_only(self.base_model):
             return train(self, train_requests, val_requests, config)
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from ...data import EditRequest
 from ...losses import regularizer_from_description
-from ...train import read_editor_checkpoint, refuse_mismatches, shape_mismatches, shapes, write_checkpoint
+from ...train import read_editor_checkpoint, refuse_mismatches, shape_mismatches, shapes, write_editor_checkpoint
 from ..core import EditHandle, Editor, forget_edits, register_editor
 from . import objective
 from .classifier import ScopeClassifier, build_classifier
@@ -77,6 +77,7 @@ class SERAC(Editor):
     """
 
     config_class = SERACConfig
+    study_options = {"smoke": {"train_encoder": False}}
     # Some encoder/LM parameters (e.g. position embeddings past the longest sequence) may get no
     # gradient in an episode; DDP must not wait for them.
     find_unused_parameters = True
@@ -248,7 +249,7 @@ class SERAC(Editor):
 
     def save(self, folder: Union[str, Path]) -> Path:
         """Write the trained weights (safetensors) and the config (JSON) into ``folder``."""
-        return write_checkpoint(folder, self.state_dict(), {"trainable": self.checkpoint_config()})
+        return write_editor_checkpoint(folder, self.state_dict(), self.checkpoint_config())
 
     @classmethod
     def from_checkpoint(cls, path: Union[str, Path], model, tokenizer, **overrides) -> "SERAC":

@@ -30,7 +30,7 @@ from ...eval.metrics import argmax_agreement, token_accuracy
 from ...losses import locality_kl, target_nll
 from ...models import second_order_attention
 from .conditioning import edit_text, input_columns, prefix_ids, prepend
-from .narrow import logits_at, window_logits, window_loss_and_penalty
+from ...losses.head import logits_at, window_logits, window_loss_and_penalty
 
 
 @dataclass
@@ -131,7 +131,7 @@ def counterfactual_batches(tokenizer, model, requests, locality, separator: str)
 
 class Predicted(NamedTuple):
     """Logits of a teacher-forced pass and the batch they line up with (a narrow window of the
-    conditioned batch: ``sss.losses.window.target_window``)."""
+    conditioned batch: ``sss.losses.head.target_window``)."""
 
     logits: torch.Tensor
     batch: PairBatch
@@ -141,7 +141,7 @@ def counterfactual_loss(model, base, batches: CounterfactualBatches, *, c_e: flo
                         regularizer=None) -> Tuple[torch.Tensor, Dict[str, float], Dict[str, object]]:
     """``(loss, logs, logits)`` of the counterfactual model on one episode's batches.
 
-    The LM head runs only where a term reads (sss/editors/serac/narrow.py): ``logits["edits"]``
+    The LM head runs only where a term reads (sss/losses/head/logits.py): ``logits["edits"]``
     and ``["rephrases"]`` are :class:`Predicted` target windows, ``["locality"]`` the
     counterfactual model's logits at the locality inputs' own positions, aligned with
     ``["base_locality"]`` (the base model on ``batches.locality_plain``).

@@ -26,7 +26,7 @@ from torch import nn
 
 from .conditioning import input_columns, prefix_ids
 from .memory import EditMemory, MemoryEntry
-from .narrow import logits_at
+from ...losses.head import logits_at
 
 UNSUPPORTED = ("inputs_embeds", "labels", "past_key_values")
 

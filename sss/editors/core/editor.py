@@ -20,65 +20,22 @@ from torch import nn
 from ...data import EditRequest, as_request_list
 from ...losses import SparsityRegularizer
 from ...train.checkpoint import checkpoint_editor
-from .history import EditHandle, EditSession, forget_edits, transaction
-from .weight_handle import WeightEditHandle, snapshot
+from .config import EditorConfig
+from .history import EditHandle, EditSession, transaction
+from .registry import editor_class
 
-__all__ = ["EditHandle", "EditSession", "Editor", "EditorConfig", "OuterLossConfig", "WeightEditHandle", "EDITORS",
-           "editor_class", "forget_edits", "register_editor", "snapshot"]
+__all__ = ["Editor"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass
-class EditorConfig:
-    """Base of every editor's hyper-parameters; subclasses add fields with the paper's defaults."""
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass
-class OuterLossConfig(EditorConfig):
-    """The weights of ``L_ori = c_e * L_e + c_loc * L_loc`` (Eq. 4-6), shared by the trained editors."""
-
-    c_e: float = 0.1
-    c_loc: float = 1.0
-
-    def __post_init__(self):
-        for name in ("c_e", "c_loc"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{type(self).__name__}.{name} must be >= 0, got {getattr(self, name)!r}")
-
-
-EDITORS: Dict[str, Type["Editor"]] = {}
-
-
-def register_editor(name: str, display: Optional[str] = None):
-    """Class decorator: make an editor reachable by name (``sss eval --editor NAME``, checkpoints).
-
-    ``display`` is how reports and tables name it (default: ``name``), e.g. ``"FT-L"``.
-    """
-
-    def decorate(cls):
-        cls.name = name
-        cls.display_name = display or name
-        EDITORS[name] = cls
-        return cls
-
-    return decorate
-
-
-def editor_class(name: str) -> Type["Editor"]:
-    if name not in EDITORS:
-        raise ValueError(f"unknown editor {name!r}; known editors: {', '.join(sorted(EDITORS))}")
-    return EDITORS[name]
-
-
 class Editor(ABC):
-    """Base of FT-L, MEND and SERAC.
+    """Base of every editor.
 
-    Subclasses set ``config_class`` and implement ``_apply``. ``model`` is the model users
-    evaluate after ``edit`` (for SERAC a wrapper around the untouched base model).
+    Subclasses set ``config_class`` and implement ``_apply``; a trainable editor also defines
+    ``fit(train, val)`` and checkpoints. ``model`` is the model users evaluate after ``edit``
+    (for SERAC a wrapper around the untouched base model). What the command line and the study
+    need to know about an editor, it declares here, as class attributes.
     """
 
     name = "editor"
@@ -86,6 +43,14 @@ class Editor(ABC):
     config_class: Type[EditorConfig] = EditorConfig
     # True for editors that are useless untrained (MEND): the command line then insists on a checkpoint.
     requires_checkpoint = False
+    # Config overrides per study scale ("smoke", "cpu", "gpu"), under a study file's own overrides:
+    # e.g. a few steps at the smoke scale so that a smoke study stays quick.
+    study_options: Dict[str, dict] = {}
+
+    @classmethod
+    def is_trainable(cls) -> bool:
+        """Whether the editor is trained before it edits (has ``fit``): the study trains it per seed."""
+        return callable(getattr(cls, "fit", None))
 
     def __init__(self, model: nn.Module, tokenizer, config: Optional[EditorConfig] = None, *,
                  regularizer: Optional[SparsityRegularizer] = None, progress: bool = True, **overrides):

@@ -12,8 +12,8 @@ from typing import Tuple
 
 import torch
 
-from ..data import PairBatch
-from ..data.tokenize import IGNORE_INDEX
+from ...data import PairBatch
+from ...data.tokenize import IGNORE_INDEX
 
 
 def target_window(batch: PairBatch) -> Tuple[torch.Tensor, PairBatch]:
@@ -46,3 +46,19 @@ def at_columns(tensor: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     """``tensor[b, columns[b, j]]`` for every row b: ``[B, L, ...]`` -> ``[B, W, ...]``."""
     rows = torch.arange(tensor.shape[0], device=columns.device).unsqueeze(1)
     return tensor[rows, columns]
+
+
+def target_tail(batch: PairBatch) -> Tuple[int, PairBatch]:
+    """``(k, tail)``: the last ``k`` positions hold every target prediction of ``batch``.
+
+    The first target token of the row with the shortest prompt is predicted at its last prompt
+    position, so the tail starts there. ``tail`` is ``batch`` cut to those positions (prompt
+    lengths counted within the tail); ``target_nll(model(..., logits_to_keep=k).logits, tail)``
+    equals ``target_nll(model(...).logits, batch)``.
+    """
+    length = batch.input_ids.shape[1]
+    keep = length - int(batch.prompt_lengths.min()) + 1
+    start = length - keep
+    cut = {name: getattr(batch, name)[:, start:] for name in
+           ("input_ids", "attention_mask", "labels", "prompt_mask", "target_mask")}
+    return keep, PairBatch(**cut, prompt_lengths=batch.prompt_lengths - start, target_lengths=batch.target_lengths)

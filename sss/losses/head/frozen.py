@@ -1,11 +1,11 @@
 """A contiguous ``W^T`` of a weight that stays frozen for a whole edit (FT-L's LM head).
 
 Why: at FT-L's sequence lengths (5-20 tokens) a step reads the LM head at one row per request,
-a ``[1, H] x [H, V]`` product over a 113 MB weight on SmolLM2, forward and backward. PyTorch's
-CPU kernel for ``F.linear`` on the ``[V, H]`` weight is markedly slower there than the product
-with a contiguous ``[H, V]`` copy (forward ``x @ W^T``, backward ``g @ W`` as its transposed
-view): ~35 ms less CPU time per SmolLM2 step (225 -> 190 ms, benchmarks/ftl_speed.py, loaded
-2-core EPYC). Equal to ``F.linear`` to float rounding (another summation order), not bit for bit.
+a ``[1, H] x [H, V]`` product over the whole vocabulary, forward and backward. PyTorch's CPU
+kernel for ``F.linear`` on the ``[V, H]`` weight is markedly slower there than the product with
+a contiguous ``[H, V]`` copy (forward ``x @ W^T``, backward ``g @ W`` as its transposed view;
+the figures are in benchmarks/README.md). Equal to ``F.linear`` to float rounding (another
+summation order), not bit for bit.
 
 The copy is kept per weight while its storage and version counter are unchanged (the head is
 frozen edit after edit, so it is made once per process) and dropped when the weight is freed.
