@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sss.models import load_model
+# The suite never reaches a model hub: an id that is not cached fails at once with sss's message
+# (set before transformers and huggingface_hub read it at import).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from sss.models import load_model  # noqa: E402
 
 SHARED_DATA = Path(os.environ.get("SSS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

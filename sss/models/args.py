@@ -1,8 +1,7 @@
 """The checked arguments of ``load_model``: a floating dtype and a device this machine has.
 
-Kept apart from :mod:`sss.models` so that the command line checks ``--device`` with the same
-rules as the library (one home), before anything is loaded. Both names are re-exported by
-``sss.models``.
+Its own module, importing torch only, so that the command line checks ``--device`` with the same
+rules as the library (one home), before anything is loaded. Re-exported by ``sss.models``.
 """
 from __future__ import annotations
 
