@@ -126,3 +126,57 @@ def test_the_walker_sees_relative_absolute_and_function_level_imports(tmp_path):
     assert graph == {"eval": {"cli": ["sss/eval/x.py:4"]}, "cli": {"eval": ["sss/cli/z.py:1"], "data": ["sss/cli/z.py:2"]}}
     assert upward_imports(graph) == ["eval imports cli at sss/eval/x.py:4"]
     assert import_loops(graph) == ["cli -> eval -> cli"]
+
+
+EDITORS = SSS / "editors"
+
+
+def editor_package_imports(root: Path = SSS) -> Dict[str, Set[str]]:
+    """``{editor package: {other editor packages it imports}}``; ``core`` counts as a package."""
+    found: Dict[str, Set[str]] = {}
+    for path in sss_modules(root):
+        name = module_name(path, root)
+        if name[:2] != ("sss", "editors") or len(name) < 3:
+            continue
+        for target, _line in imported_modules(path, root):
+            if target[:2] == ("sss", "editors") and len(target) >= 3 and target[2] != name[2]:
+                found.setdefault(name[2], set()).add(target[2])
+    return found
+
+
+def test_editor_packages_import_the_core_and_no_other_editor():
+    imports = editor_package_imports()
+    assert "core" not in imports, f"the core imports editor packages: {sorted(imports['core'])}"
+    wrong = {package: sorted(others - {"core"}) for package, others in imports.items() if others - {"core"}}
+    assert not wrong, f"editor packages that import another editor's package: {wrong}"
+
+
+def test_every_editor_is_a_package_and_none_lies_flat():
+    flat = sorted(p.name for p in EDITORS.glob("*.py") if p.name != "__init__.py")
+    assert not flat, f"modules directly under sss/editors/ (each editor is a package, shared code is core/): {flat}"
+    packages = {p.name for p in EDITORS.iterdir() if (p / "__init__.py").is_file()}
+    assert {"core", "ftl", "mend", "serac"} <= packages
+
+
+def test_no_module_of_sss_is_over_300_lines():
+    long = {str(p.relative_to(SSS.parent)): n for p in sss_modules() if (n := len(p.read_text().splitlines())) > 300}
+    assert not long, f"modules over 300 lines (split them by idea): {long}"
+
+
+def test_editors_ask_regularizers_instead_of_inspecting_their_classes():
+    import re
+
+    pattern = re.compile(r"\.(penalty|token_mask|forward|loss_and_penalty)\s+is\s|__func__")
+    found = [f"{p.relative_to(SSS.parent)}:{i}" for p in EDITORS.rglob("*.py")
+             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not found, f"class checks of regularizers in sss/editors (use regularizer.shortcuts()): {found}"
+
+
+def test_the_editor_package_check_sees_an_import_of_another_editor(tmp_path):
+    fake = tmp_path / "sss" / "editors"
+    for package in ("core", "alpha", "beta"):
+        (fake / package).mkdir(parents=True)
+        (fake / package / "__init__.py").write_text("")
+    (fake / "alpha" / "x.py").write_text("from ..core import Editor\nfrom ..beta import thing\n")
+    (fake / "core" / "y.py").write_text("def f():\n    from sss.editors.alpha import x\n")
+    assert editor_package_imports(tmp_path / "sss") == {"alpha": {"core", "beta"}, "core": {"alpha"}}

@@ -137,6 +137,35 @@ def test_sss_target_takes_a_name_or_a_block_index(capsys):
     assert "block index, got 'middle'" in capsys.readouterr().err
 
 
+def test_sss_target_n_is_the_residual_stream_entering_block_n(tiny_llama):
+    """What the help promises is what the regularizer built from the option reads: the hidden
+    states entering block N, i.e. transformers' ``hidden_states[N]`` (the embeddings are [0])."""
+    import torch
+
+    from sss.cli.options import regularizer_from_args
+    from sss.data import encode_pairs
+
+    model, tokenizer = tiny_llama
+    args = cli.build_parser().parse_args(["eval", "--sss-c", "0.9", "--sss-target", "1"])
+    regularizer = regularizer_from_args(args, 0.9)
+    batch = encode_pairs(tokenizer, ["The capital of France is"], ["Paris"])
+    with torch.no_grad():
+        expected = model(**batch.model_inputs, output_hidden_states=True).hidden_states
+    _, embeddings = regularizer.forward(model, batch)
+    assert torch.equal(embeddings.detach(), expected[1]) and not torch.equal(expected[1], expected[2])
+    usage = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["eval"].format_help().split())
+    assert "the hidden states entering block N, i.e. its input" in usage
+
+
+def test_baseline_without_sss_c_is_refused_before_the_model_loads(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["eval", "--model", "no/such-model", "--data", str(counterfact_file(tmp_path / "cf.json", 1)),
+                  "--baseline", "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert "--baseline compares a run with SSS against one without it: give --sss-c C too" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_runs_sharing_an_out_folder_keep_every_report_and_the_table_shows_them_all(tmp_path):
     """Two concurrent `sss eval` runs (seeds 0 and 1), then one with SSS, all into one --out."""
     out = tmp_path / "shared"

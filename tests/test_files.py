@@ -32,7 +32,7 @@ def _raise(error):
 def test_an_interrupted_rename_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch, write, error):
     target = tmp_path / "out.bin"
     target.write_bytes(b"old content")
-    monkeypatch.setattr(files.os, "replace", _raise(error))
+    monkeypatch.setattr(files.atomic.os, "replace", _raise(error))
     with pytest.raises(type(error)):
         write(target)
     assert target.read_bytes() == b"old content"
@@ -138,7 +138,7 @@ def test_damage_in_the_middle_of_a_log_is_an_error_naming_the_line(tmp_path):
 def test_an_interrupted_append_leaves_the_log_readable(tmp_path, monkeypatch):
     log = tmp_path / "log.jsonl"
     append_jsonl(log, {"step": 0})
-    monkeypatch.setattr(files.os, "fsync", _raise(KeyboardInterrupt()))
+    monkeypatch.setattr(files.jsonl.os, "fsync", _raise(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         append_jsonl(log, {"step": 1})
     monkeypatch.undo()
@@ -151,7 +151,7 @@ def test_sha256_file_matches_hashlib_across_chunks(tmp_path, monkeypatch):
 
     data = os.urandom(10_000)
     (tmp_path / "f").write_bytes(data)
-    monkeypatch.setattr(files, "_CHUNK", 1000)  # several chunks
+    monkeypatch.setattr(files.manifest, "_CHUNK", 1000)  # several chunks
     assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
 
 

@@ -6,7 +6,7 @@ from sss import FTL, EditRequest, SSSRegularizer
 from sss.data import encode_prompts
 from sss.editors import WeightEditHandle
 from sss.editors.ftl import FTLConfig
-from sss.models import mlp_out_path
+from sss.models import mlp_out_path, second_order_attention
 
 # A random model needs a larger step than GPT-2 XL's defaults to move its argmax.
 FAST = dict(lr=5e-2, steps=25, norm_constraint=1.0, progress=False)
@@ -111,16 +111,51 @@ def test_early_stop_when_the_loss_is_small(tiny_gpt2):
     assert all(h["edit_loss"] >= 10.3 for h in history[:-1])
 
 
-def test_sss_regularized_edit_records_the_penalty_and_differs(tiny_llama):
+def independent_eq10(model, tokenizer, prompt, target, objective, where, C):
+    """Eq. 10 for one request on the full model, written from the paper, not from sss.losses:
+    ``(1 - C) * L_e + C * mean_i ||dJ/dx_i||^2`` over the prompt tokens, J the mean target NLL
+    under teacher forcing, x the input embeddings or the LM head's input. Returns (L_e, SSS, loss)."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    target_ids = tokenizer(" " + target)["input_ids"]
+    ids = torch.tensor([prompt_ids + target_ids])
+    p, t = len(prompt_ids), len(target_ids)
+    with second_order_attention(model):
+        if where == "input_embeds":
+            x = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+            logits = model(inputs_embeds=x).logits[0]
+        else:  # the LM head's input: the backbone's last hidden state, after the final norm
+            x = model.model(input_ids=ids).last_hidden_state
+            logits = model.get_output_embeddings()(x)[0]
+        log_probs = torch.log_softmax(logits.double(), dim=-1)
+        labels = torch.tensor(target_ids)
+        J = -log_probs[p - 1 + torch.arange(t), labels].mean()
+        L_e = J if objective == "target_new" else -log_probs[p - 1, labels].mean()
+        (grad,) = torch.autograd.grad(J, x, create_graph=True)
+        sss = grad[0, :p].double().pow(2).sum(-1).mean()
+    return L_e, sss, (1 - C) * L_e + C * sss
+
+
+@pytest.mark.parametrize("objective, where", [("target_new", "input_embeds"), ("prompt_last", "last_hidden")])
+def test_a_regularized_step_descends_eq10(tiny_llama, objective, where):
+    """FT-L's first step with SSS is Adam's first step on Eq. 10, ``-lr * g / (|g| + eps)``, with g
+    the gradient of an independently written Eq. 10 (FT-L computes it through its cached step,
+    and for prompt_last with last_hidden through J's first-target shortcut)."""
     model, tokenizer = tiny_llama
-    request = EditRequest("The capital of France is", "Rome")
-    plain = FTL(model, tokenizer, objective="target_new", **FAST).edit(request)
-    plain_delta = plain.delta
-    plain.restore()
-    with FTL(model, tokenizer, objective="target_new", regularizer=SSSRegularizer(C=0.9, target="input_embeds"),
-             **FAST).edit(request) as handle:
-        assert all("penalty" in h for h in handle.info["history"])
-        assert any(not torch.equal(plain_delta[k], v) for k, v in handle.delta.items())
+    prompt, target, C, lr = "The capital of France is", "the city of Rome", 0.7, 1e-3
+    editor = FTL(model, tokenizer, objective=objective, regularizer=SSSRegularizer(C=C, target=where), lr=lr,
+                 steps=1, norm_constraint=1.0, early_stop_loss=-1.0, progress=False)
+    (name,) = [n for n in editor.parameter_names if n.endswith("weight")]
+    weight = model.get_parameter(name)
+    L_e, sss, loss = independent_eq10(model, tokenizer, prompt, target, objective, where, C)
+    (g,) = torch.autograd.grad(loss, weight)
+    assert sss.item() > 0 and g.abs().max() > 0
+    with editor.edit(EditRequest(prompt, target)) as handle:
+        (step,) = handle.info["history"]
+        delta = handle.delta[name]
+    assert step["edit_loss"] == pytest.approx(L_e.item(), rel=1e-5)
+    assert step["penalty"] == pytest.approx(sss.item(), rel=1e-4)
+    g = g.double()
+    torch.testing.assert_close(delta.double(), -lr * g / (g.abs() + 1e-8), rtol=0, atol=lr * 1e-3)
 
 
 def test_delta_save_and_load_reproduce_the_edit(tiny_gpt2, tmp_path):

@@ -13,7 +13,7 @@ from sss.editors import editor_class
 from sss.editors.mend import MENDConfig
 from sss.eval.metrics import teacher_forced, token_acc
 from sss.losses import target_nll
-from sss.train import Episode, TrainConfig
+from sss.train import Episode, TrainConfig, checkpoint_editor, write_checkpoint
 from synthetic_edits import train_and_heldout
 
 REQUESTS = [EditRequest("The capital of France is", "Rome", rephrase_prompts=("France's capital city is",)),
@@ -168,6 +168,19 @@ def test_edits_stack_and_restore_bit_for_bit(tiny_llama):
     assert all(torch.equal(weights(model, [n])[n], original[n]) for n in original)
 
 
+@pytest.mark.parametrize("layers, message", [
+    ("10", "MENDConfig.layers must be a block index or a list of block indices (integers), got '10'"),
+    ([1.5], "MENDConfig.layers must be a block index or a list of block indices"),
+    ([], "MENDConfig.layers must name at least one block"),
+    ((True,), "MENDConfig.layers must be a block index or a list of block indices"),
+])
+def test_mend_layers_are_checked_by_type_not_coerced(layers, message):
+    # int("10") once turned layers="10" into blocks 1 and 0.
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        MENDConfig(layers=layers)
+    assert MENDConfig(layers=-1).layers == (-1,) and MENDConfig(layers=[0, 2]).layers == (0, 2)
+
+
 def test_untrained_normalised_editor_says_what_to_do(tiny_gpt2):
     model, tokenizer = tiny_gpt2
     with pytest.raises(ValueError, match="init_statistics"):
@@ -182,16 +195,22 @@ def test_save_and_load_reproduce_the_edit_and_refuse_other_models(tiny_gpt2, tin
     randomise_networks(editor)
     editor.save(tmp_path / "mend")
     saved = json.loads((tmp_path / "mend" / "config.json").read_text())
-    assert saved["model"]["name"] == "tiny-gpt2" and saved["config"]["rank"] == 8
+    # One checkpoint shape for every editor: the editor's config under "trainable", as training writes it.
+    assert set(saved) == {"trainable"} and saved["trainable"]["editor"] == "mend"
+    assert saved["trainable"]["model"]["name"] == "tiny-gpt2" and saved["trainable"]["config"]["rank"] == 8
     assert {"config.json", "weights.safetensors"} <= {p.name for p in (tmp_path / "mend").iterdir()}
 
-    loaded = MEND.load(tmp_path / "mend", model, tokenizer, progress=False)
-    assert loaded.regularizer.C == 0.7
     with editor.edit(REQUESTS) as handle:
         expected = handle.delta
-    with loaded.edit(REQUESTS) as handle:
-        got = handle.delta
-    assert all(torch.equal(expected[n], got[n]) for n in expected)
+    # sss 0.1.0's MEND.save wrote the editor's config at the top of config.json: still read.
+    legacy = tmp_path / "mend-0.1.0"
+    write_checkpoint(legacy, editor.state_dict(), saved["trainable"])
+    for folder in (tmp_path / "mend", legacy):
+        loaded = MEND.load(folder, model, tokenizer, progress=False)
+        assert loaded.regularizer.C == 0.7 and checkpoint_editor(folder) == "mend"
+        with loaded.edit(REQUESTS) as handle:
+            got = handle.delta
+        assert all(torch.equal(expected[n], got[n]) for n in expected)
 
     with pytest.raises(ValueError, match="architecture: checkpoint 'gpt2', model 'llama'"):
         MEND.load(tmp_path / "mend", *tiny_llama)

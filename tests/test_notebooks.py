@@ -142,30 +142,51 @@ def check_mend(texts):
 
 
 def check_serac(texts):
+    """What 03_serac shows, for the data it used: ZsRE from the shared folder (each request a
+    prompt, one rephrasing and one locality input) or, where that folder is missing, the demo set
+    (more rephrasings and neighbours per request, and too little training in the quick setting to
+    lift reliability)."""
     everything = "\n".join(texts)
+    used = re.search(r"^\d+ training, \d+ validation, \d+ evaluation requests from (ZsRE|the demo set)$",
+                     everything, re.M)
+    assert used, "the data cell does not say which data the notebook used"
+    zsre = used.group(1) == "ZsRE"
     for name in ("serac", "serac-sss"):
         assert re.search(rf"^{name}: \d+ steps, best at step \d+$", everything, re.M), name
     rows = [re.match(rf"^{QUOTED}\s+in scope (\d\.\d\d)\s+before {QUOTED}\s+after {QUOTED}$", line)
             for line in everything.splitlines()]
-    rows = [(float(m.group(2)), ast.literal_eval(m.group(3)), ast.literal_eval(m.group(4))) for m in rows if m]
-    assert len(rows) == 6, "show() runs twice (untrained, trained) on a prompt, a rephrasing and a locality input"
-    for scope, before, after in rows:
+    rows = [(ast.literal_eval(m.group(1)), float(m.group(2)), ast.literal_eval(m.group(3)), ast.literal_eval(m.group(4)))
+            for m in rows if m]
+    # show() runs twice (untrained, trained), each on the request's prompt, its rephrasings and its
+    # locality inputs, in that order.
+    assert len(rows) % 2 == 0 and len(rows) >= 6, len(rows)
+    half = len(rows) // 2
+    assert [r[0] for r in rows[:half]] == [r[0] for r in rows[half:]]
+    edited = re.findall(rf"^edit: {QUOTED} -> {QUOTED}$", everything, re.M)
+    assert len(edited) == 2 and rows[0][0] == rows[half][0] == ast.literal_eval(edited[0][0])
+    for _, scope, before, after in rows:
         # In scope the counterfactual model answers (the edit is in its input, so the answer
         # moves); out of scope the base model answers exactly as before the edit.
         if scope > 0.5:
             assert after != before, (scope, before, after)
         else:
             assert after == before, (scope, before, after)
-    assert sum(scope > 0.5 for scope, _, _ in rows) == 4 and sum(scope < 0.5 for scope, _, _ in rows) == 2
+    assert rows[0][1] > 0.5 and any(scope < 0.5 for _, scope, _, _ in rows), "routing sent everything one way"
+    if zsre:
+        assert half == 3, "a ZsRE request has a prompt, one rephrasing and one locality input"
+        assert sum(scope > 0.5 for _, scope, _, _ in rows) == 4 and sum(scope < 0.5 for _, scope, _, _ in rows) == 2
     assert everything.count("memory holds 1 edit(s)") == 2
     assert "reloaded: same weights, and a memory of 2 edits" in everything
     table = check_table(texts, ["untrained", "trained", "trained w/ SSS"])
     reliability = table["Reliability (token_acc)"]
-    assert min(reliability["trained"], reliability["trained w/ SSS"]) > reliability["Unedited"] + 30, reliability
+    if zsre:
+        assert min(reliability["trained"], reliability["trained w/ SSS"]) > reliability["Unedited"] + 30, reliability
     routed = re.search(r"^(\d+) entries; the first edit's prompt and rephrasing route to: (\[.*\])$", everything, re.M)
     assert routed, "the sequential-editing cell printed nothing"
-    entries = ast.literal_eval(routed.group(2))
-    assert len(entries) == 2 and entries[0] is not None and entries[0] == entries[1], entries
+    entries = ast.literal_eval(routed.group(2))  # the prompt, then each rephrasing
+    assert len(entries) >= 2 and entries[0] is not None and len(set(entries)) == 1, entries
+    if zsre:
+        assert len(entries) == 2, entries
 
 
 CHECKS = {"01_quickstart.ipynb": check_quickstart, "02_mend.ipynb": check_mend, "03_serac.ipynb": check_serac}
@@ -207,3 +228,20 @@ def test_the_checks_fail_on_a_notebook_whose_edit_did_nothing_or_whose_table_lac
         CHECKS["01_quickstart.ipynb"]([t.replace("Rome", "Paris") for t in texts])
     with pytest.raises(AssertionError):
         CHECKS["01_quickstart.ipynb"]([t.replace("| Generality (token_acc)", "| Generalisation") for t in texts])
+
+
+def test_the_serac_check_follows_the_data_the_notebook_used():
+    """Without ../shared the notebook falls back to the demo set (more rephrasings and neighbours
+    per request); its outputs from such a run (tests/fixtures) pass the same check as the
+    committed ZsRE run, and a moved out-of-scope answer fails either."""
+    committed = shown_text(nbformat.read(EXAMPLES / "03_serac.ipynb", as_version=4))
+    demo = json.loads((Path(__file__).parent / "fixtures" / "03_serac_demo_set_outputs.json").read_text())
+    assert any("requests from the demo set" in text for text in demo)
+    for texts in (committed, demo):
+        check_serac(texts)
+        broken = [re.sub(r"(in scope 0\.0\d\s+before (.+?)\s+after )(.+)$", r"\1'moved'", text, flags=re.M)
+                  for text in texts]
+        assert broken != texts
+        with pytest.raises(AssertionError):
+            check_serac(broken)
+

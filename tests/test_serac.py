@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from sss import SERAC, EditRequest, LocalityProbe, SSSRegularizer, load_model
-from sss.data import encode_pairs, encode_prompts
+from sss.data import encode_pairs, encode_prompts, load_data
 from sss.editors.serac import EditMemory, ScopeClassifier
 from sss.editors.serac.conditioning import edit_text, prefix_ids
 from sss.eval.metrics import argmax_agreement as answer_agreement, token_accuracy
@@ -354,8 +354,12 @@ def test_command_line_trains_and_evaluates_serac(tmp_path, one_thread):
     out = tmp_path / "eval"
     assert cli.main(["eval", "--editor", "serac", "--checkpoint", str(run), "--model", "tiny-gpt2", "--data", "demo",
                      "--limit", "2", "--option", "threshold=0.7", "--out", str(out), "--no-progress"]) == 0
-    reports = list(out.rglob("*.json"))
-    assert reports and any('"serac"' in path.read_text() for path in reports)
+    (path,) = sorted(out.glob("results_*.json"))  # one run, one report
+    report = json.loads(path.read_text())
+    assert report["editor"]["editor"] == "serac" and report["editor"]["config"]["threshold"] == 0.7
+    assert report["extra"]["checkpoint"] == str(run.resolve())
+    assert len(report["records"]) == 2 and {r["prompt"] for r in report["records"]} <= {
+        r.prompt for r in load_data("demo")}
 
 
 # ----------------------------------------------------------------------------------------------

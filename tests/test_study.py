@@ -64,6 +64,23 @@ def test_shipped_grids_load_at_every_scale():
     assert targets == {None, "last_hidden", "input_embeds", "edited_block"}
 
 
+def test_editor_options_from_the_registry_keep_the_committed_cells(tmp_path):
+    """Each editor's per-scale options now come from its class (``study_options``): the shipped grids
+    must still name exactly the committed cell folders, so that no finished cell reruns."""
+    results = STUDIES.parent / "study-results"
+    for path in sorted(STUDIES.glob("*.toml")):
+        study = load_study(path, "cpu")
+        committed = {p.name for p in (results / study.name).iterdir() if p.is_dir()}
+        missing = [c.folder_name for c in study.cells if c.folder_name not in committed]
+        assert not missing, f"{path.name}: cells whose identity changed: {missing[:3]}"
+    smoke = load_study(grid(editors="all"), "smoke")
+    options = {c.editor: c.config["editor_options"] for c in smoke.cells}
+    assert options == {"ft-l": {"steps": 3}, "mend": {"rank": 8, "stats_requests": 4},
+                       "serac": {"train_encoder": False}}
+    with pytest.raises(ValueError, match=r"unknown editor\(s\) \['rome'\]; registered editors: ft-l, mend, serac"):
+        load_study(grid(editors=["ft-l", "rome"]), "smoke")
+
+
 def test_shipped_grid_runs_on_real_data(tmp_path, shared_data):
     study = load_study(STUDIES / "table1.toml", "smoke", data_root=shared_data)
     statuses = run_study(study, tmp_path, only="ft-l-counterfact", progress=False)

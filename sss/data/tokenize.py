@@ -12,7 +12,7 @@ The conventions (docs/data.md) that prevent the field's known bugs:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -134,9 +134,8 @@ def encode_pairs(tokenizer, prompts: Sequence[str], targets: Sequence[str], *,
         rows.append((prompt_ids, target_ids))
 
     width = max(len(p) + len(t) for p, t in rows)
-    pad_id = _pad_id(tokenizer)
     batch = len(rows)
-    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    input_ids = torch.full((batch, width), pad_id(tokenizer), dtype=torch.long)
     attention_mask = torch.zeros((batch, width), dtype=torch.long)
     labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
     prompt_mask = torch.zeros((batch, width), dtype=torch.bool)
@@ -188,18 +187,34 @@ def pad_left(tokenizer, encoded: Sequence[Sequence[int]], *, device=None) -> Pro
     """Token id sequences padded on the left (for generation), with their attention mask."""
     if not encoded:
         raise ValueError("no prompts to encode")
-    width = max(len(ids) for ids in encoded)
-    input_ids = torch.full((len(encoded), width), _pad_id(tokenizer), dtype=torch.long)
-    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for b, ids in enumerate(encoded):
-        input_ids[b, width - len(ids):] = torch.tensor(ids)
-        attention_mask[b, width - len(ids):] = 1
-    if device is not None:
-        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    return PromptBatch(input_ids, attention_mask)
+    return PromptBatch(*pad_sequences(encoded, pad_id(tokenizer), left=True, device=device))
 
 
-def _pad_id(tokenizer) -> int:
+def pad_sequences(sequences: Sequence[Sequence[int]], pad: int, *, left: bool, device=None
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, attention mask)`` of token id sequences padded with ``pad`` on the left or the right."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for b, seq in enumerate(sequences):
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[b, span] = torch.tensor(list(seq), dtype=torch.long)
+        mask[b, span] = 1
+    return (ids, mask) if device is None else (ids.to(device), mask.to(device))
+
+
+def encode_for(model, tokenizer, prompts: Sequence[str], targets: Sequence[str], *,
+               cache: Optional[EncodingCache] = None) -> PairBatch:
+    """:func:`encode_pairs` on ``model``'s device, refused past its context length."""
+    if isinstance(prompts, str) or isinstance(targets, str):
+        raise ValueError("prompts and targets must be lists of strings (one per pair), not a single string")
+    device = next(model.parameters()).device
+    return encode_pairs(tokenizer, list(prompts), list(targets), max_length=context_length(tokenizer, model),
+                        device=device, cache=cache)
+
+
+def pad_id(tokenizer) -> int:
+    """The id that pads: the tokenizer's pad token, else its EOS token."""
     pad = tokenizer.pad_token_id
     if pad is None:
         pad = tokenizer.eos_token_id

@@ -8,8 +8,7 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..data import PairBatch, encode_pairs
-from ..data.tokenize import context_length
+from ..data import PairBatch, encode_for
 from ..models import layout_of, num_blocks
 from .edit import target_nll
 
@@ -147,8 +146,7 @@ class SparsityRegularizer(ABC):
         """The penalty of one sentence, as a metric (no graph is kept)."""
         from ..models import second_order_attention  # noqa: local import keeps losses free of loaders
 
-        device = next(model.parameters()).device
-        batch = encode_pairs(tokenizer, [prompt], [target], max_length=context_length(tokenizer, model), device=device)
+        batch = encode_for(model, tokenizer, [prompt], [target])
         with torch.enable_grad(), second_order_attention(model):
             _, _, value = self.loss_and_penalty(model, batch, create_graph=False)
         return float(value.detach())

@@ -20,8 +20,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
-from ..data import PairBatch, encode_pairs
-from ..data.tokenize import context_length
+from ..data import PairBatch, encode_for
 from ..models import second_order_attention
 from .base import SparsityRegularizer
 from .sss import SSSRegularizer
@@ -58,15 +57,6 @@ def sss_terms(model: nn.Module, batch: PairBatch, regularizer: Optional[Sparsity
     with torch.enable_grad(), second_order_attention(model):
         logits, nll, penalty = regularizer.loss_and_penalty(model, batch)
     return SSSTerms(nll, penalty, logits)
-
-
-def encode_for(model: nn.Module, tokenizer, prompts: Sequence[str], targets: Sequence[str]) -> PairBatch:
-    """``encode_pairs`` on the model's device, refusing pairs longer than its context."""
-    if isinstance(prompts, str) or isinstance(targets, str):
-        raise ValueError("prompts and targets must be lists of strings (one per pair), not a single string")
-    device = next(model.parameters()).device
-    return encode_pairs(tokenizer, list(prompts), list(targets), max_length=context_length(tokenizer, model),
-                        device=device)
 
 
 def sss_penalty(model: nn.Module, tokenizer, prompts: Sequence[str], targets: Sequence[str], *,

@@ -80,6 +80,17 @@ class Trainable(Protocol):
     def checkpoint_config(self) -> dict: ...
 
 
+TRAINABLE_METHODS = ("trainable_module", "param_groups", "training_loss", "validation_metrics", "state_dict",
+                     "load_state_dict", "checkpoint_config")
+
+
+def check_trainable(trainable) -> None:
+    """A clear error where ``trainable`` lacks a method of :class:`Trainable`."""
+    missing = [name for name in TRAINABLE_METHODS if not callable(getattr(trainable, name, None))]
+    if missing:
+        raise ValueError(f"{type(trainable).__name__} is not Trainable: it lacks {', '.join(missing)}")
+
+
 @dataclass
 class TrainResult:
     steps: int  # optimizer steps taken in total (including those before a resume)

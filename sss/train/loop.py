@@ -1,12 +1,12 @@
 """The training loop itself: steps, validation, early stopping, checkpoints, resume, DDP.
 
-A little over 300 lines: one class holds the loop's state, and steps, checkpoints and resume all
-read and write that state; what a run folder holds on a rerun is decided in :mod:`.run_folder`.
+One class holds the loop's state, and steps, checkpoints and resume all read and write that
+state; what a run folder holds on a rerun (and whether a resume may continue it) is decided in
+:mod:`.run_folder`.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -19,20 +19,15 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..data import EditRequest
-from ..files import append_jsonl, read_json, read_jsonl, write_text_atomic
-from .checkpoint import (LOG_FILE, config_differences, json_default, load_optimizer, optimizer_files,
-                         TRAINABLE_KEY, read_checkpoint, write_checkpoint)
+from ..files import append_jsonl, read_json
+from .checkpoint import LOG_FILE, TRAINABLE_KEY, load_optimizer, optimizer_files, read_checkpoint, write_checkpoint
 from .collective import all_reduce_sum, rng_states, set_rng_states
-from .config import Episode, Trainable, TrainConfig, TrainResult
+from .config import Episode, Trainable, TrainConfig, TrainResult, check_trainable
 from .episodes import EpisodeStream
-from .run_folder import LOOP_FILE, checkpoint_to_resume, record_latest, recovery_hint, set_aside_earlier_run
+from .run_folder import (LOOP_FILE, checkpoint_to_resume, record_latest, recovery_hint, resume_differences,
+                         set_aside_earlier_run, truncate_log)
 
 logger = logging.getLogger("sss.train")
-
-# TrainConfig fields that may change between a run and its resumption.
-_RESUMABLE_CHANGES = {"max_steps", "out_dir", "resume", "progress", "patience", "val_every", "restore_best",
-                      "log_every", "val_at_start"}
-
 
 class _LossModule(nn.Module):
     """What DDP wraps: the trainable's module, with the trainable's loss as its forward.
@@ -52,11 +47,7 @@ class _LossModule(nn.Module):
 
 class _Trainer:
     def __init__(self, trainable: Trainable, train_requests, val_requests, config: TrainConfig):
-        missing = [name for name in ("trainable_module", "param_groups", "training_loss", "validation_metrics",
-                                     "state_dict", "load_state_dict", "checkpoint_config")
-                   if not callable(getattr(trainable, name, None))]
-        if missing:
-            raise ValueError(f"{type(trainable).__name__} is not Trainable: it lacks {', '.join(missing)}")
+        check_trainable(trainable)
         self.trainable = trainable
         self.config = config
         self.world = distributed.world_size()
@@ -96,8 +87,6 @@ class _Trainer:
         self.best_metrics: Optional[Dict[str, float]] = None
         self.bad_validations = 0
         self.best_state: Optional[Dict[str, torch.Tensor]] = None
-
-    # -- setup ----------------------------------------------------------------------------------
 
     def _param_groups(self) -> List[dict]:
         groups = []
@@ -211,11 +200,7 @@ class _Trainer:
             return False
         hint = recovery_hint(self.out)
         tensors, saved = read_checkpoint(folder, hint)
-        problems = config_differences(saved[TRAINABLE_KEY], json.loads(json.dumps(
-            self.trainable.checkpoint_config(), default=json_default)))
-        train_now = {k: v for k, v in self.config.to_dict().items() if k not in _RESUMABLE_CHANGES}
-        train_then = {k: v for k, v in saved["train"].items() if k not in _RESUMABLE_CHANGES}
-        problems += config_differences(train_then, json.loads(json.dumps(train_now, default=json_default)))
+        problems = resume_differences(saved, self.trainable.checkpoint_config(), self.config.to_dict())
         if problems:
             raise ValueError(f"cannot resume from {folder}: the run's settings differ from the checkpoint's "
                              "(use another out_dir or resume=False):\n  " + "\n  ".join(problems))
@@ -233,23 +218,10 @@ class _Trainer:
             self.best_state, _ = read_checkpoint(self.out / "best", hint)
         set_rng_states(folder)
         if self.main:
-            self._truncate_log(self.step)
+            truncate_log(self.out, self.step)
         distributed.barrier()
         logger.info("resumed from %s at step %d", folder, self.step)
         return True
-
-    def _truncate_log(self, step: int) -> None:
-        path = self.out / LOG_FILE
-        if not path.exists():
-            logger.warning("%s is missing: the resumed run logs from step %d on", path, step)
-            return
-        try:
-            records = read_jsonl(path)  # a torn last line (a kill mid-append) is dropped with a warning
-        except ValueError as error:
-            raise ValueError(f"{error}. The checkpoint itself is fine: move {path} away to resume without the "
-                             "earlier log.") from error
-        kept = [record for record in records if record.get("step", 0) <= step]
-        write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in kept))
 
     # -- the run --------------------------------------------------------------------------------
 

@@ -16,13 +16,15 @@ keeps the earlier files under ``previous-N/``, or put back a good copy of the da
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 from typing import List, Optional
 
-from ..files import read_json, write_json_atomic
-from .checkpoint import LOG_FILE, existing_checkpoint, verify_checkpoint
+from ..files import read_json, read_jsonl, write_json_atomic, write_text_atomic
+from .checkpoint import (LOG_FILE, TRAINABLE_KEY, config_differences, existing_checkpoint, json_default,
+                         verify_checkpoint)
 
 logger = logging.getLogger("sss.train")
 
@@ -101,3 +103,32 @@ def set_aside_earlier_run(out: Path) -> Optional[Path]:
     logger.warning("starting %s at step 0; the earlier run's %s moved to %s", out,
                    ", ".join(p.name for p in found), target)
     return target
+
+
+# TrainConfig fields that may change between a run and its resumption.
+RESUMABLE_CHANGES = {"max_steps", "out_dir", "resume", "progress", "patience", "val_every", "restore_best",
+                     "log_every", "val_at_start"}
+
+
+def resume_differences(saved: dict, trainable_config: dict, train_config: dict) -> List[str]:
+    """What keeps a run from resuming a checkpoint: one line per setting of the trainable or of the
+    loop (those in :data:`RESUMABLE_CHANGES` aside) that differs from what the checkpoint saved."""
+    problems = config_differences(saved[TRAINABLE_KEY], json.loads(json.dumps(trainable_config, default=json_default)))
+    train_now = {k: v for k, v in train_config.items() if k not in RESUMABLE_CHANGES}
+    train_then = {k: v for k, v in saved["train"].items() if k not in RESUMABLE_CHANGES}
+    return problems + config_differences(train_then, json.loads(json.dumps(train_now, default=json_default)))
+
+
+def truncate_log(out: Path, step: int) -> None:
+    """Drop the log records after ``step`` (a resumed run logs them again)."""
+    path = out / LOG_FILE
+    if not path.exists():
+        logger.warning("%s is missing: the resumed run logs from step %d on", path, step)
+        return
+    try:
+        records = read_jsonl(path)  # a torn last line (a kill mid-append) is dropped with a warning
+    except ValueError as error:
+        raise ValueError(f"{error}. The checkpoint itself is fine: move {path} away to resume without the "
+                         "earlier log.") from error
+    kept = [record for record in records if record.get("step", 0) <= step]
+    write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in kept))

@@ -8,7 +8,7 @@ import math
 import numbers
 from typing import Optional, Tuple
 
-__all__ = ["EditorConfig", "OuterLossConfig", "block_list", "is_integer", "require_positive_integer",
+__all__ = ["EditorConfig", "OuterLossConfig", "block_list", "is_integer", "require_bool", "require_positive_integer",
            "require_real"]
 
 
@@ -37,9 +37,14 @@ def require_real(name: str, value, *, positive: bool = False, minimum: Optional[
         raise ValueError(f"{name} must be {want}{extra}, got {value!r}")
 
 
-def require_positive_integer(name: str, value, minimum: int = 1) -> None:
+def require_positive_integer(name: str, value, minimum: int = 1, extra: str = "") -> None:
     if not is_integer(value) or value < minimum:
-        raise ValueError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be an integer of at least {minimum}{extra}, got {value!r}")
+
+
+def require_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def block_list(layers, name: str = "layers") -> Tuple[int, ...]:

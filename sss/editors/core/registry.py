@@ -11,8 +11,8 @@ the ecosystem's plugin convention::
 from __future__ import annotations
 
 import importlib
-import logging
 import pkgutil
+import warnings
 from importlib import metadata
 from typing import TYPE_CHECKING, Dict, List, Optional, Type
 
@@ -20,8 +20,6 @@ if TYPE_CHECKING:
     from .editor import Editor
 
 __all__ = ["EDITORS", "ENTRY_POINT_GROUP", "discover", "editor_class", "editor_names", "register_editor"]
-
-logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "sss.editors"
 EDITORS: Dict[str, Type["Editor"]] = {}
@@ -52,7 +50,7 @@ def register_editor(name: str, display: Optional[str] = None):
 def discover() -> Dict[str, Type["Editor"]]:
     """Import every editor package of sss and every ``sss.editors`` entry point (once); return the registry.
 
-    A plugin that fails to import is logged and left out, so one broken package cannot take the
+    A plugin that fails to import is reported (a ``RuntimeWarning``) and left out, so one broken package cannot take the
     command line down with it.
     """
     global _discovered
@@ -68,8 +66,9 @@ def discover() -> Dict[str, Type["Editor"]]:
         try:
             entry.load()
         except Exception as error:  # noqa: a plugin's own bug must not stop sss
-            logger.warning("editor plugin %r (%s) failed to load: %s: %s", entry.name, entry.value,
-                           type(error).__name__, error)
+            # A warning, not a log record: a library's logs are silent unless configured.
+            warnings.warn(f"editor plugin {entry.name!r} ({entry.value}) failed to load and is left out: "
+                          f"{type(error).__name__}: {error}", RuntimeWarning, stacklevel=2)
     return EDITORS
 
 

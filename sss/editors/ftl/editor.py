@@ -20,9 +20,8 @@ from typing import Dict, Iterable, Iterator, List, Optional
 import torch
 from tqdm.auto import tqdm
 
-from ...data import EditRequest, encode_pairs
+from ...data import EditRequest, encode_for
 from ...data.requests import as_request_list
-from ...data.tokenize import context_length
 from ...losses import edit_loss
 from ...models import layout_of, mlp_out_path, num_blocks, second_order_attention
 from ..core import Editor, WeightEditHandle, register_editor, snapshot, transaction
@@ -113,8 +112,7 @@ class FTL(Editor):
         # Runs inside Editor.edit's transaction: whatever is raised while training (Ctrl-C, out of
         # memory), the weights, their .grad and the modules' modes are put back there.
         model = self.base_model
-        batch = encode_pairs(self.tokenizer, [r.prompt for r in requests], [r.target_new for r in requests],
-                             max_length=context_length(self.tokenizer, model), device=self.device)
+        batch = encode_for(model, self.tokenizer, [r.prompt for r in requests], [r.target_new for r in requests])
         originals = snapshot(model, self.parameter_names)
         params = dict(model.named_parameters())
         trained = [params[name] for name in self.parameter_names]

@@ -34,8 +34,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ...data import EditRequest, encode_pairs
-from ...data.tokenize import context_length
+from ...data import EditRequest, encode_for
 from ...losses import edit_loss
 from ...models import mlp_out_path
 from ..core.grad_flags import train_only
@@ -80,8 +79,7 @@ def train_each(editor, requests: List[EditRequest]) -> List[TrainedEdit]:
     layer = config.layers[0]
     projection = model.get_submodule(mlp_out_path(model, layer))
     kind = _projection_kind(projection)
-    batch = encode_pairs(editor.tokenizer, [r.prompt for r in requests], [r.target_new for r in requests],
-                         max_length=context_length(editor.tokenizer, model), device=editor.device)
+    batch = encode_for(model, editor.tokenizer, [r.prompt for r in requests], [r.target_new for r in requests])
     count = len(requests)
     with train_only(model, []):  # every model weight frozen: the head is read through its transposed copy
         weights = projection.weight.detach().unsqueeze(0).repeat(count, 1, 1).requires_grad_(True)

@@ -29,7 +29,7 @@ from ...losses import regularizer_from_description
 from ...models import is_conv1d, mlp_in_paths, mlp_out_path, num_blocks
 from ...train import read_editor_checkpoint, refuse_mismatches, shape_mismatches, shapes, write_editor_checkpoint
 from ..core import Editor, OuterLossConfig, WeightEditHandle, register_editor, snapshot
-from ..core.config import block_list, require_positive_integer, require_real
+from ..core.config import block_list, require_bool, require_positive_integer, require_real
 from .hooks import factor_operands, factor_product, layer_factors
 from .network import MENDNetworks
 from .objective import MENDTraining, eval_mode
@@ -65,13 +65,16 @@ class MENDConfig(OuterLossConfig):
         super().__post_init__()
         if self.layers is not None:
             self.layers = block_list(self.layers, "MENDConfig.layers")
+        if isinstance(self.weights, str) or not isinstance(self.weights, (list, tuple)):
+            raise ValueError(f"MENDConfig.weights must be a list drawn from {list(WEIGHT_KINDS)}, got {self.weights!r}")
         self.weights = tuple(self.weights)
-        unknown = sorted(set(self.weights) - set(WEIGHT_KINDS))
+        unknown = sorted(set(self.weights) - set(WEIGHT_KINDS), key=str)
         if unknown or not self.weights:
             raise ValueError(f"MENDConfig.weights must be a non-empty subset of {WEIGHT_KINDS}, got {self.weights}")
         for name in ("rank", "stats_requests"):
             require_positive_integer(f"MENDConfig.{name}", getattr(self, name))
         require_positive_integer("MENDConfig.n_hidden", self.n_hidden, minimum=0)
+        require_bool("MENDConfig.normalize", self.normalize)
         for name in ("lr", "lr_lr", "init_edit_lr"):
             require_real(f"MENDConfig.{name}", getattr(self, name), positive=True)
 

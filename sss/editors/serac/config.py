@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..core import OuterLossConfig
+from ..core.config import require_bool, require_positive_integer, require_real
 from .classifier import CLASSIFIERS
 
 
@@ -37,17 +38,22 @@ class SERACConfig(OuterLossConfig):
     c_cls: float = 1.0
 
     def __post_init__(self):
+        require_real("threshold", self.threshold)
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be a probability in (0, 1), got {self.threshold!r}")
         if self.classifier not in CLASSIFIERS:
             raise ValueError(f"unknown classifier {self.classifier!r}; choose one of {', '.join(CLASSIFIERS)}")
+        for name in ("encoder", "counterfactual"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ValueError(f"{name} must be a model name or folder (a non-empty string) or None, got {value!r}")
+        require_positive_integer("encoder_max_length", self.encoder_max_length)
+        require_bool("train_encoder", self.train_encoder)
         for name in ("lr", "cls_lr", "head_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if not self.c_cls >= 0:
-            raise ValueError(f"c_cls must be non-negative, got {self.c_cls!r}")
-        if self.cf_layers is not None and (not isinstance(self.cf_layers, int) or self.cf_layers < 1):
-            raise ValueError(f"cf_layers must be a positive number of blocks or None, got {self.cf_layers!r}")
+            require_real(name, getattr(self, name), positive=True)
+        require_real("c_cls", self.c_cls, minimum=0.0)
+        if self.cf_layers is not None:
+            require_positive_integer("cf_layers", self.cf_layers, extra=" (a number of blocks) or None")
         if not isinstance(self.separator, str):
             raise ValueError(f"separator must be a string, got {type(self.separator).__name__}")
         super().__post_init__()  # c_e, c_loc

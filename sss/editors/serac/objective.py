@@ -24,7 +24,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ...data import PairBatch, encode_pairs
+from ...data import PairBatch, encode_for, encode_pairs
 from ...data.tokenize import context_length
 from ...eval.metrics import argmax_agreement, token_accuracy
 from ...losses import locality_kl, target_nll
@@ -236,5 +236,4 @@ def _unconditioned_batch(editor, requests, which: str):
     else:
         rows = [(p, r.target_new) for r in requests for p in r.rephrase_prompts]
         prompts, targets = [p for p, _ in rows], [t for _, t in rows]
-    return encode_pairs(editor.tokenizer, prompts, targets, max_length=context_length(editor.tokenizer, editor.base_model),
-                        device=editor.device)
+    return encode_for(editor.base_model, editor.tokenizer, prompts, targets)

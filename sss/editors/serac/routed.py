@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ...data import pad_id, pad_sequences
 from .conditioning import input_columns, prefix_ids
 from .memory import EditMemory, MemoryEntry
 from ...losses.head import logits_at
@@ -126,7 +127,7 @@ class RoutedModel(nn.Module):
         real = [attention_mask[r].bool() for r in rows]
         prefixes = [self.prefix(routing.entries[r]) for r in rows]
         sequences = [prefix + input_ids[r][m].tolist() for prefix, r, m in zip(prefixes, rows, real)]
-        cf_ids, cf_mask = _pad(sequences, self._pad_id(), left=False, device=input_ids.device)
+        cf_ids, cf_mask = pad_sequences(sequences, self._pad_id(), left=False, device=input_ids.device)
         # The head runs on the inputs' own positions only, not on the edit prefixes before them.
         columns = input_columns([len(prefix) for prefix in prefixes], max(int(m.sum()) for m in real),
                                 cf_ids.shape[1], cf_ids.device)
@@ -163,7 +164,7 @@ class RoutedModel(nn.Module):
             new_tokens.update(zip(rows_base, out[:, sub_ids.shape[1]:]))
         sequences = [self.prefix(routing.entries[r]) + input_ids[r][attention_mask[r].bool()].tolist()
                      for r in rows_cf]
-        cf_ids, cf_mask = _pad(sequences, pad, left=True, device=input_ids.device)
+        cf_ids, cf_mask = pad_sequences(sequences, pad, left=True, device=input_ids.device)
         out = self.counterfactual.generate(input_ids=cf_ids, attention_mask=cf_mask, **kwargs)
         new_tokens.update(zip(rows_cf, out[:, cf_ids.shape[1]:]))
         width = max(t.shape[0] for t in new_tokens.values())
@@ -175,8 +176,7 @@ class RoutedModel(nn.Module):
         return result
 
     def _pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return self.tokenizer.eos_token_id if pad is None else pad
+        return pad_id(self.tokenizer)
 
 
 def _refuse_unsupported(kwargs: dict) -> None:
@@ -184,17 +184,6 @@ def _refuse_unsupported(kwargs: dict) -> None:
         if kwargs.get(name) is not None:
             raise ValueError(f"SERAC's routed model does not take {name}: it routes on input_ids "
                              "and returns logits only")
-
-
-def _pad(sequences: Sequence[Sequence[int]], pad_id: int, *, left: bool, device) -> tuple:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long, device=device)
-    for b, seq in enumerate(sequences):
-        span = slice(width - len(seq), width) if left else slice(0, len(seq))
-        ids[b, span] = torch.tensor(list(seq), dtype=torch.long, device=device)
-        mask[b, span] = 1
-    return ids, mask
 
 
 def _trim_left(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple:
