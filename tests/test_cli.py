@@ -68,19 +68,30 @@ def test_parse_options():
         "steps": 3, "layers": [1], "objective": "target_new"}
 
 
-def test_demo_smoke(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert cli.main(["demo", "--model", "tiny-gpt2", "--limit", "2", "--out", str(out), "--no-progress"]) == 0
-    printed = capsys.readouterr().out
+def test_demo_shows_paired_intervals_names_its_requests_and_logs_briefly_off_a_terminal(tmp_path):
+    """The main job as CI or a redirected run sees it: stderr is a file, so progress is a few log
+    lines (not a redraw per FT-L step), and the table carries each paired difference."""
+    out, limit = tmp_path / "demo", 6
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        done = subprocess.run([sys.executable, "-m", "sss", "demo", "--model", "tiny-gpt2", "--limit", str(limit),
+                               "--no-generate", "--out", str(out)], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=stderr, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    log = (tmp_path / "stderr.txt").read_text()
+    assert done.returncode == 0, log
+    assert len(log.splitlines()) < 3 * limit and "\r" not in log, log
+    assert f"single edits: {limit}/{limit} edits (100%)" in log
+    printed = done.stdout
     assert "| Metric | Unedited | FT-L | FT-L w/ SSS (C=0.9) |" in printed
-    table = (out / "table.md").read_text()
-    assert "Reliability (token_acc)" in table and "Locality (agreement)" in table
-    reports = sorted(p.name for p in out.glob("results_*.json"))
-    assert [name.rsplit("_", 1)[0] for name in reports] == ["results_ft-l", "results_ft-l_sss_c=0.9"]
+    rows = [line for line in printed.splitlines() if line.startswith("| Reliability (token_acc)")]
+    assert rows and "(\u0394 " in rows[0] and ", p " in rows[0]  # the with-SSS column: Δ [low, high], p
+    assert "difference resolved" in printed or "Resolved at n" in printed
+    assert "sss study studies/table1.toml --scale cpu" in printed
     with_sss = json.loads(report_named(out, "results_ft-l_sss_c=0.9").read_text())
-    assert with_sss["regularizer"]["C"] == 0.9 and len(with_sss["records"]) == 2
-    assert with_sss["data"] == "demo" and with_sss["model"] == "tiny-gpt2"
-    assert (out / "comparison.png").stat().st_size > 1000
+    ids = with_sss["extra"]["request_ids"]
+    assert len(ids) == limit and ids == [r["case_id"] for r in with_sss["records"]]
+    assert f"requests: {', '.join(ids)}" in printed
+    assert with_sss["regularizer"]["C"] == 0.9 and with_sss["data"] == "demo" and with_sss["model"] == "tiny-gpt2"
+    assert "(\u0394 " in (out / "table.md").read_text() and (out / "comparison.png").stat().st_size > 1000
 
 
 def test_eval_sweep_and_sequential_figures(tmp_path, capsys):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from sss.study.stats import (Interval, average_ranks, compare_paired, format_cell, hierarchical_bootstrap,
+from sss.eval.statistics import (Interval, average_ranks, compare_paired, format_cell, hierarchical_bootstrap,
                              paired_bootstrap, sign_flip_test, spearman, spearman_bootstrap, unpaired_bootstrap)
 
 

@@ -33,4 +33,7 @@ def run(args) -> int:
     args.editor, args.checkpoint, args.option, args.data, args.split = "ft-l", None, [], "demo", None
     args.mode, args.batch_size, args.measure_each, args.checkpoints, args.baseline = "single", None, False, (), True
     args.edits_at_once = 1  # one at a time, as the SSS run beside it (edit_each does not apply with SSS)
+    args.study_hint = (f"At {args.limit} requests a difference must be large to be resolved; the same comparison at "
+                       "the study's scale (100 ZsRE and 100 CounterFact requests): "
+                       "sss study studies/table1.toml --scale cpu --only 'ft-l-*'  (results: docs/results.md)")
     return eval_command.run(args)

@@ -123,7 +123,7 @@ def _run(args, distributed) -> int:
             runs[C] = results
             if main:
                 path = report_folder.write_run_report(out, results, model=args.model, data=args.data,
-                                                      extra=run_extra(args))
+                                                      extra=run_extra(args, requests))
                 logger.info("%s: wrote %s", results.label, path)
         if not main:
             return 0
@@ -139,15 +139,26 @@ def _run(args, distributed) -> int:
     if len(swept) > 1:
         figures.append(report.plot_c_sweep(swept, out / "c_sweep.png"))
     print(title + table)
+    print(f"requests: {request_ids(requests)}")
+    if getattr(args, "study_hint", None):
+        print(args.study_hint)
     print(f"wrote {len(runs)} JSON report(s), {table_path} (every report in {out}) and "
           f"{', '.join(f.name for f in figures)} in {time.perf_counter() - started:.0f} s")
     return 0
 
 
-def run_extra(args) -> dict:
-    """What distinguishes a run besides its results' own settings (part of the report's file name)."""
+def request_ids(requests) -> str:
+    """The requests a run edited, by case id (their position where a request has none)."""
+    ids = [str(r.case_id) if r.case_id is not None else f"#{i}" for i, r in enumerate(requests)]
+    return ", ".join(ids)
+
+
+def run_extra(args, requests=()) -> dict:
+    """What distinguishes a run besides its results' own settings (part of the report's file name),
+    and which requests it edited, by case id."""
     return {"limit": args.limit, "split": args.split,
-            "checkpoint": None if args.checkpoint is None else str(Path(args.checkpoint).resolve())}
+            "checkpoint": None if args.checkpoint is None else str(Path(args.checkpoint).resolve()),
+            "request_ids": [r.case_id for r in requests]}
 
 
 def run_plan(args) -> List[Optional[float]]:

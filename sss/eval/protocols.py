@@ -30,11 +30,11 @@ import logging
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import distributed
 from ..data import EditRequest, as_request_list
 from ..data.tokenize import EncodingCache
+from ..progress import progress
 from .measure import Observation, family_means, observe_many, score
 from .results import EvalResults, summarise
 
@@ -125,7 +125,7 @@ class _Run:
         return dict(zip(indices, observed))
 
     def _bar(self, items, desc):
-        return tqdm(items, desc=desc, disable=not self.progress, leave=False)
+        return progress(items, desc=desc, enabled=self.progress, unit="edits")
 
     def observe_unedited(self, indices: List[int]) -> None:
         """Unedited observations: from ``unedited_cache`` where present, the rest in one batched pass."""

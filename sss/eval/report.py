@@ -8,7 +8,8 @@
   generality, locality and portability, each row naming the metric it shows.
 * :func:`plot_sequential` (metric vs number of sequential edits), :func:`plot_c_sweep` (metric
   vs the SSS coefficient C) and :func:`plot_comparison` (bars, one group per row of the table).
-  Figures use matplotlib's non-interactive "Agg" backend and are written as PNG.
+  Figures use matplotlib's non-interactive "Agg" backend and are written as PNG
+  (:mod:`sss.eval.figures`, re-exported here).
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from ..files import read_json, write_text_atomic
+# Table 1's rows (label, group, metric) live with the figures, which draw them too.
+from .figures import TABLE_ROWS, plot_c_sweep, plot_comparison, plot_sequential, pyplot, save_figure  # noqa: F401
 from .results import EvalResults
 
 # The keys every JSON report has (tests validate against this).
@@ -27,14 +30,6 @@ JSON_KEYS = ("format", "created", "mode", "seed", "model", "data", "editor", "re
              "protocols", "summary", "curve", "records")
 REPORT_FORMAT = "sss-eval/1"
 
-# Table 1's rows: (label, group, metric). Reliability, generality and portability are EasyEdit's
-# teacher-forced token accuracy; locality is agreement with the unedited model.
-TABLE_ROWS: Tuple[Tuple[str, str, str], ...] = (
-    ("Reliability", "reliability", "token_acc"),
-    ("Generality", "generality", "token_acc"),
-    ("Locality", "locality", "agreement"),
-    ("Portability", "portability", "token_acc"),
-)
 _PACKAGES = ("sss-edit", "torch", "transformers", "tokenizers", "numpy", "datasets", "safetensors")
 
 
@@ -105,14 +100,20 @@ def _percent(value: Optional[float]) -> str:
 
 
 def markdown_table(runs: Union[Sequence[EvalResults], Mapping[str, EvalResults]], *, dataset: Optional[str] = None,
-                   include_unedited: bool = False, rows: Sequence[Tuple[str, str, str]] = TABLE_ROWS) -> str:
+                   include_unedited: bool = False, rows: Sequence[Tuple[str, str, str]] = TABLE_ROWS,
+                   differences: Optional[Mapping[str, Mapping[str, object]]] = None) -> str:
     """A Markdown table laid out like the paper's Table 1 (values in percent).
 
     ``runs``: results in column order (name each column by :attr:`EvalResults.label`), or a
     mapping from column name to results. ``include_unedited`` adds a first column with the
     unedited model's numbers (from the first run's ``pre`` phase). Empty cells (–) mark a group
-    the data has no probes for.
+    the data has no probes for. ``differences``: ``{column: {row label: PairedComparison}}``
+    (:func:`sss.eval.paired.paired_comparisons`); each such cell then reads
+    ``70.52 (Δ +0.6 [−1.2, +2.4], p 0.43)``, the paired difference with its baseline column.
     """
+    from .statistics import format_difference
+
+    differences = differences or {}
     columns = dict(runs) if isinstance(runs, Mapping) else _by_label(runs)
     if not columns:
         raise ValueError("markdown_table needs at least one run")
@@ -123,16 +124,20 @@ def markdown_table(runs: Union[Sequence[EvalResults], Mapping[str, EvalResults]]
         headers.append("Unedited")
         for label, group, metric in rows:
             # Agreement of the unedited model with itself is 1 by definition.
-            cells[label].append(1.0 if metric == "agreement" and first.value(group, "token_acc", "pre") is not None
-                                else first.value(group, metric, "pre"))
+            cells[label].append(_percent(1.0 if metric == "agreement" and first.value(group, "token_acc", "pre")
+                                         is not None else first.value(group, metric, "pre")))
     for name, results in columns.items():
         headers.append(name)
         for label, group, metric in rows:
-            cells[label].append(results.value(group, metric))
+            text = _percent(results.value(group, metric))
+            comparison = differences.get(name, {}).get(label)
+            if comparison is not None:
+                text += f" ({format_difference(comparison.difference, p_value=comparison.p_value)})"
+            cells[label].append(text)
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for i, (label, group, metric) in enumerate(rows):
         lead = ([dataset if i == 0 else ""] if dataset is not None else []) + [f"{label} ({metric})"]
-        lines.append("| " + " | ".join(lead + [_percent(v) for v in cells[label]]) + " |")
+        lines.append("| " + " | ".join(lead + cells[label]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -166,89 +171,3 @@ def _by_label(runs: Sequence[EvalResults]) -> Dict[str, EvalResults]:
             label, n = f"{results.label} #{n}", n + 1
         columns[label] = results
     return columns
-
-
-# -- figures -------------------------------------------------------------------------------------
-
-def pyplot():
-    """matplotlib.pyplot on the non-interactive backend (shared with ``sss.study.figures``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; also safe under torchrun and in CI
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(figure, path: Union[str, Path]) -> Path:
-    """Lay ``figure`` out, write it as a PNG at ``path`` (making its folder) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    pyplot().close(figure)
-    return path
-
-
-def plot_sequential(runs: Mapping[str, EvalResults], path: Union[str, Path],
-                    rows: Sequence[Tuple[str, str, str]] = TABLE_ROWS[:3]) -> Path:
-    """Metric vs the number of sequential edits n, one panel per row, one line per run.
-
-    Each run needs a ``curve`` (``evaluate(..., mode="sequential", checkpoints=[...])``).
-    """
-    plt = pyplot()
-    figure, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.2), squeeze=False)
-    for name, results in runs.items():
-        if not results.curve:
-            raise ValueError(f"run {name!r} has no sequential curve (use mode='sequential' with checkpoints)")
-        for axis, (label, group, metric) in zip(axes[0], rows):
-            points = [(p["edits"], p["summary"].get("post", {}).get(group, {}).get(metric)) for p in results.curve]
-            points = [(n, 100 * v) for n, v in points if v is not None]
-            if points:
-                axis.plot(*zip(*points), marker="o", label=name)
-    for axis, (label, _, metric) in zip(axes[0], rows):
-        axis.set(title=f"{label} ({metric})", xlabel="number of edits n", ylabel="%", ylim=(-2, 102))
-        axis.set_xscale("log")
-        axis.grid(alpha=0.3)
-    axes[0][0].legend()
-    return save_figure(figure, path)
-
-
-def plot_c_sweep(runs: Mapping[float, EvalResults], path: Union[str, Path],
-                 rows: Sequence[Tuple[str, str, str]] = TABLE_ROWS) -> Path:
-    """Each row's metric vs the SSS coefficient C (the paper's Figure 3)."""
-    plt = pyplot()
-    figure, axis = plt.subplots(figsize=(5, 3.5))
-    values = sorted(runs)
-    for label, group, metric in rows:
-        points = [(c, runs[c].value(group, metric)) for c in values]
-        points = [(c, 100 * v) for c, v in points if v is not None]
-        if points:
-            axis.plot(*zip(*points), marker="o", label=f"{label} ({metric})")
-    axis.set(xlabel="C", ylabel="%", title="Impact of C", ylim=(-2, 102))
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    return save_figure(figure, path)
-
-
-def plot_comparison(runs: Mapping[str, EvalResults], path: Union[str, Path], *, include_unedited: bool = True,
-                    rows: Sequence[Tuple[str, str, str]] = TABLE_ROWS) -> Path:
-    """Grouped bars: one group per table row, one bar per run (and the unedited model)."""
-    plt = pyplot()
-    series: Dict[str, list] = {}
-    if include_unedited and runs:
-        first = next(iter(runs.values()))
-        series["Unedited"] = [1.0 if m == "agreement" and first.value(g, "token_acc", "pre") is not None
-                              else first.value(g, m, "pre") for _, g, m in rows]
-    for name, results in runs.items():
-        series[name] = [results.value(g, m) for _, g, m in rows]
-    figure, axis = plt.subplots(figsize=(1.6 * len(rows) + 2, 3.5))
-    width = 0.8 / max(len(series), 1)
-    for k, (name, values) in enumerate(series.items()):
-        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(rows))]
-        axis.bar(xs, [0 if v is None else 100 * v for v in values], width, label=name)
-    axis.set_xticks(range(len(rows)), [f"{label}\n({metric})" for label, _, metric in rows], fontsize=8)
-    axis.set(ylabel="%", ylim=(0, 105))
-    axis.legend(fontsize=8)
-    axis.grid(axis="y", alpha=0.3)
-    return save_figure(figure, path)

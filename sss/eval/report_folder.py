@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Dict, List, Tuple, Union
 
 from ..files import folder_lock, read_json
-from .report import JSON_KEYS, category_rows, markdown_table, plot_comparison, report_dict, write_report_dict
+from .figures import draw_comparison
+from .paired import paired_comparisons, reading
+from .report import JSON_KEYS, TABLE_ROWS, category_rows, markdown_table, report_dict, write_report_dict
 from .results import EvalResults
+from .statistics import DEFAULT_RESAMPLES
 
 logger = logging.getLogger(__name__)
 
@@ -121,12 +124,23 @@ def summary_groups(reports: List[dict]) -> List[Tuple[str, Dict[str, EvalResults
     return out
 
 
-def group_table(columns: Dict[str, EvalResults]) -> str:
-    """The Table-1 layout with the unedited model, plus the per-category rows when there are any."""
-    table = markdown_table(columns, include_unedited=True)
+def group_table(columns: Dict[str, EvalResults], *, resamples: int = DEFAULT_RESAMPLES) -> str:
+    """The Table-1 layout with the unedited model, plus the per-category rows when there are any.
+
+    A run with a regularizer beside the same editor's run without one (on the same requests:
+    :func:`summary_groups` groups by requests) shows each paired difference with its 95%
+    bootstrap interval and p-value, and a line under the table says what they resolve.
+    """
+    differences = paired_comparisons(columns, TABLE_ROWS, resamples=resamples)
+    table = markdown_table(columns, include_unedited=True, differences=differences)
+    line = reading(differences)
+    if line:
+        table += f"\n{line}\n"
     details = category_rows(columns)
     if details:
-        table += "\nBy probe category:\n\n" + markdown_table(columns, include_unedited=True, rows=details)
+        table += "\nBy probe category:\n\n" + markdown_table(
+            columns, include_unedited=True, rows=details,
+            differences=paired_comparisons(columns, details, resamples=resamples))
     return table
 
 
@@ -142,7 +156,7 @@ def write_summary(folder: Union[str, Path]) -> Tuple[Path, Path]:
     table = write_text_atomic(folder / "table.md", text)
     every = {(name if len(groups) == 1 else f"T{i + 1}: {name}"): results
              for i, (_, columns) in enumerate(groups) for name, results in columns.items()}
-    return table, plot_comparison(every, folder / "comparison.png")
+    return table, draw_comparison(every, folder / "comparison.png").path
 
 
 def locked(folder: Union[str, Path]):

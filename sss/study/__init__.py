@@ -7,7 +7,7 @@ resume semantics.
 """
 from .runner import CellStatus, cell_folder, run_cell, run_study, select_cells, study_status
 from .spec import DATASETS, SCALES, Cell, DataSpec, Study, config_hash, load_study
-from .stats import (Correlation, Interval, PairedComparison, compare_paired, format_cell, hierarchical_bootstrap,
+from ..eval.statistics import (Correlation, Interval, PairedComparison, compare_paired, format_cell, hierarchical_bootstrap,
                     paired_bootstrap, sign_flip_test, spearman, spearman_bootstrap, unpaired_bootstrap)
 from .summary import summarise_study
 

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
-from tqdm.auto import tqdm
 
 from ..editors import FTL, editor_class
 from ..eval import EvalResults, evaluate, observe_many
@@ -36,6 +35,7 @@ from ..eval.report import write_json
 from ..files import FolderBusy, folder_lock, write_text_atomic
 from ..losses import SSSRegularizer
 from ..models import load_model
+from ..progress import counter, progress as show_progress
 from .checkpoints import trained_editor
 from .requests import eval_requests
 from .spec import EDITED_BLOCK, Cell, Study, config_hash, slug
@@ -88,7 +88,8 @@ def run_study(study: Study, out, *, only: Optional[str] = None, progress: bool =
                 len(cells), len(cells) - len(todo), len(todo), out / study.name)
     models: Dict[tuple, tuple] = {}
     started = time.perf_counter()
-    bar = tqdm(todo, desc=f"{study.name} cells", disable=not progress, unit="cell")
+    # Off a terminal the line logged below, per finished cell, says it: no second one from the bar.
+    bar = show_progress(todo, desc=f"{study.name} cells", enabled=progress, inner=True, unit="cell")
     for k, cell in enumerate(bar):
         bar.set_postfix_str(cell.label)
         key = (cell.config["model"], study.settings["device"])
@@ -191,8 +192,8 @@ def _run_locked_cell(study: Study, cell: Cell, out: Path, folder: Path, model, t
         curve, settings = results.curve, results.settings
     else:
         finished = {record["index"] for record in log.read()}
-        bar = tqdm(range(len(requests)), desc=cell.label, disable=not progress, leave=False, unit="req",
-                   initial=len(finished))
+        bar = counter(total=len(requests), desc=cell.label, enabled=progress, leave=False, unit="req",
+                      initial=len(finished))
         for i in (i for i in range(len(requests)) if i not in finished):
             score = sss_scores(study, cell, model, tokenizer, requests[i])
             # Seeded by the request's position, as evaluate() over the whole list would seed it.

@@ -17,11 +17,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..eval.paired import paired_arrays, per_request
 from ..eval.report import TABLE_ROWS
 from .figures import plot_c_sweep, plot_scatter, plot_sequential
 from .runner import cell_folder, load_cell_results
 from .spec import Study, regularizer_label
-from .stats import compare_paired, format_cell, hierarchical_bootstrap, paired_bootstrap, sign_flip_test, \
+from ..eval.statistics import compare_paired, format_cell, hierarchical_bootstrap, paired_bootstrap, sign_flip_test, \
     spearman_bootstrap
 from .store import RecordLog, is_done
 
@@ -35,21 +36,6 @@ CATEGORY_ROWS: Tuple[Tuple[str, str, str], ...] = (
     ("Reversed Relation", "portability/reversed_relation", "token_acc"),
     ("One-Hop", "portability/one_hop", "token_acc"),
 )
-
-
-def per_request(results, group: str, metric: str, phase: str = "post") -> Dict[int, float]:
-    """``{request index: value}`` of one group's metric (requests without the group are absent)."""
-    values = {}
-    for record in results.records:
-        value = record.get(phase, {}).get(group, {}).get(metric)
-        if value is not None:
-            values[record["index"]] = value
-    return values
-
-
-def paired_arrays(a: Dict[int, float], b: Dict[int, float]) -> Tuple[np.ndarray, np.ndarray]:
-    shared = sorted(set(a) & set(b))
-    return np.array([a[i] for i in shared], float), np.array([b[i] for i in shared], float)
 
 
 def compare_seeds(with_runs: Sequence, without_runs: Sequence, group: str, metric: str, resamples: int

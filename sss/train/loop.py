@@ -15,11 +15,11 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .. import distributed
 from ..data import EditRequest
 from ..files import append_jsonl, read_json
+from ..progress import counter
 from .checkpoint import LOG_FILE, TRAINABLE_KEY, load_optimizer, optimizer_files, read_checkpoint, write_checkpoint
 from .collective import all_reduce_sum, rng_states, set_rng_states
 from .config import Episode, Trainable, TrainConfig, TrainResult, check_trainable
@@ -239,8 +239,8 @@ class _Trainer:
         stopped_early = False
         if self.val_episodes and config.val_at_start and self.step == 0:
             stopped_early = self._validation_round()
-        bar = tqdm(total=config.max_steps, initial=self.step, desc="train", disable=not (config.progress and self.main),
-                   dynamic_ncols=True)
+        bar = counter(total=config.max_steps, initial=self.step, desc="train", enabled=config.progress and self.main,
+                      unit="step", dynamic_ncols=True)
         started = time.perf_counter()
         try:
             while self.step < config.max_steps and not stopped_early:

@@ -18,12 +18,12 @@ import logging
 from typing import Dict, Iterable, Iterator, List, Optional
 
 import torch
-from tqdm.auto import tqdm
 
 from ...data import EditRequest, encode_for
 from ...data.requests import as_request_list
 from ...losses import edit_loss
 from ...models import layout_of, mlp_out_path, num_blocks, second_order_attention
+from ...progress import progress
 from ..core import Editor, WeightEditHandle, register_editor, snapshot, transaction
 from ..core.grad_flags import train_only
 from .cached_step import step_forward
@@ -131,7 +131,7 @@ class FTL(Editor):
             optimizer = torch.optim.Adam(trained, lr=config.lr, weight_decay=config.weight_decay)
             with torch.no_grad():  # the ball's bounds, once per edit (the same values at every step)
                 bounds = [(originals[name] - radius, originals[name] + radius) for name in self.parameter_names]
-            steps = tqdm(range(config.steps), desc="FT-L", disable=not self.progress, leave=False)
+            steps = progress(range(config.steps), desc="FT-L", enabled=self.progress, inner=True, unit="step")
             for step in steps:
                 optimizer.zero_grad(set_to_none=True)
                 # SSS differentiates a gradient: attention must use kernels with a double backward.

@@ -1,4 +1,4 @@
-"""The study's statistics: paired comparisons of a metric with and without SSS, on the same requests.
+"""Paired statistics of a metric with and without SSS (or any two settings), on the same requests.
 
 Everything is numpy and seeded (``numpy.random.Generator``), so a table is reproducible.
 
@@ -109,6 +109,14 @@ def paired_bootstrap(with_sss, without_sss, *, resamples: int = DEFAULT_RESAMPLE
     return _percentile_interval(differences.mean(), replicates, level)
 
 
+def mean_interval(values, *, resamples: int = DEFAULT_RESAMPLES, level: float = 0.95, seed: int = 0) -> Interval:
+    """The mean of ``values`` with its percentile bootstrap interval (one setting's error bar)."""
+    _check(resamples, level)
+    values = _vector(values, "values")
+    rng = np.random.default_rng(seed)
+    return _percentile_interval(float(values.mean()), _bootstrap_means(values, resamples, rng), level)
+
+
 def unpaired_bootstrap(with_sss, without_sss, *, resamples: int = DEFAULT_RESAMPLES, level: float = 0.95,
                        seed: int = 0) -> Interval:
     """The same difference of means with the two groups resampled independently (ignores the pairing)."""
@@ -216,7 +224,16 @@ def _signed(value: float) -> str:
     return f"{value:+.1f}".replace("-", "\u2212")
 
 
-def format_cell(value: float, difference: Optional[Interval] = None, *, percent: bool = True) -> str:
+def format_difference(difference: Interval, *, percent: bool = True, p_value: Optional[float] = None) -> str:
+    """``Δ +0.6 [−1.2, +2.4]`` (and ``, p 0.43`` when given): a difference with its interval."""
+    scale = 100.0 if percent else 1.0
+    text = (f"\u0394 {_signed(difference.estimate * scale)} "
+            f"[{_signed(difference.low * scale)}, {_signed(difference.high * scale)}]")
+    return text if p_value is None else f"{text}, p {p_value:.2f}"
+
+
+def format_cell(value: float, difference: Optional[Interval] = None, *, percent: bool = True,
+                p_value: Optional[float] = None) -> str:
     """``70.5 (Δ +0.6 [−1.2, +2.4])``: the metric and, when given, its difference and interval.
 
     ``percent``: the inputs are fractions in [0, 1] and are shown times 100, one decimal.
@@ -225,5 +242,4 @@ def format_cell(value: float, difference: Optional[Interval] = None, *, percent:
     text = f"{value * scale:.1f}".replace("-", "\u2212")
     if difference is None:
         return text
-    return (f"{text} (\u0394 {_signed(difference.estimate * scale)} "
-            f"[{_signed(difference.low * scale)}, {_signed(difference.high * scale)}])")
+    return f"{text} ({format_difference(difference, percent=percent, p_value=p_value)})"
