@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ...models import layout_of, mlp_out_path, num_blocks
+from .interrupts import deferred_interrupts
 
 
 class _StopForward(Exception):
@@ -133,34 +134,37 @@ class BlockCache:
                 return (make_leaf(args[0]),) + tuple(args[1:]), kwargs
             return args, {**kwargs, "hidden_states": make_leaf(kwargs["hidden_states"])}
 
-        hooks = []
-        if leaf_at == "input_embeds":
-            hooks.append(model.get_input_embeddings().register_forward_hook(leaf_output))
-        elif leaf_at is not None:  # prepend: block ``start``'s own pre-hook must see the leaf
-            hooks.append(blocks[leaf_at].register_forward_pre_hook(leaf_input, with_kwargs=True, prepend=True))
-        hooks += [blocks[i].register_forward_pre_hook(take_call(i), with_kwargs=True)
-                  for i in range(start, len(blocks))]
-        hooks += [model.get_submodule(projection_path).register_forward_pre_hook(take_projection_input),
-                  mlp.register_forward_hook(zero_mlp),
-                  blocks[start].register_forward_hook(take_residual),
-                  model.get_submodule(layout.final_norm).register_forward_pre_hook(stop)]
-        skipped = [(blocks[i], blocks[i].__dict__.get("forward")) for i in range(start + 1, len(blocks))]
-        for block, _ in skipped:
-            block.forward = skip_block
-        try:
-            with torch.enable_grad() if leaf_at is not None else torch.no_grad():
-                # use_cache=False: a KV cache object caught in the block arguments would grow at every step.
-                model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        except _StopForward:
-            pass
-        finally:
-            for hook in hooks:
-                hook.remove()
-            for block, previous in skipped:
-                if previous is None:
-                    del block.forward
-                else:
-                    block.forward = previous
+        # Hooks and patched methods go on and come off with Ctrl-C held back (:mod:`.interrupts`):
+        # an interrupt can never leave one behind, which would silently change every later forward.
+        with deferred_interrupts():
+            hooks = []
+            if leaf_at == "input_embeds":
+                hooks.append(model.get_input_embeddings().register_forward_hook(leaf_output))
+            elif leaf_at is not None:  # prepend: block ``start``'s own pre-hook must see the leaf
+                hooks.append(blocks[leaf_at].register_forward_pre_hook(leaf_input, with_kwargs=True, prepend=True))
+            hooks += [blocks[i].register_forward_pre_hook(take_call(i), with_kwargs=True)
+                      for i in range(start, len(blocks))]
+            hooks += [model.get_submodule(projection_path).register_forward_pre_hook(take_projection_input),
+                      mlp.register_forward_hook(zero_mlp),
+                      blocks[start].register_forward_hook(take_residual),
+                      model.get_submodule(layout.final_norm).register_forward_pre_hook(stop)]
+            skipped = [(blocks[i], blocks[i].__dict__.get("forward")) for i in range(start + 1, len(blocks))]
+            for block, _ in skipped:
+                block.forward = skip_block
+            try:
+                with torch.enable_grad() if leaf_at is not None else torch.no_grad():
+                    # use_cache=False: a KV cache object caught in the block arguments would grow at every step.
+                    model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            except _StopForward:
+                pass
+            finally:
+                for hook in hooks:
+                    hook.remove()
+                for block, previous in skipped:
+                    if previous is None:
+                        del block.forward
+                    else:
+                        block.forward = previous
         missing = [k for k in ("block_input", "projection_input", "residual") + ("leaf",) * (leaf_at is not None)
                    if k not in seen]
         if missing or len(seen["calls"]) != len(blocks) - start:

@@ -24,6 +24,7 @@ from ...train.checkpoint import checkpoint_editor
 from .config import EditorConfig
 from .handles import EditHandle
 from .session import EditSession
+from .interrupts import deferred_interrupts
 from .transaction import transaction
 from .registry import editor_class
 
@@ -85,11 +86,24 @@ class Editor(ABC):
 
         A transaction: if anything is raised inside (``KeyboardInterrupt`` included), every
         tensor the editor snapshotted, every ``requires_grad`` flag, ``.grad`` and train/eval
-        mode of :meth:`edited_modules`, and the state :meth:`undo_point` saves are put back.
+        mode of :meth:`edited_modules`, their hooks and patched attributes, and the state
+        :meth:`undo_point` saves are put back. Ctrl-C is held back to safe points
+        (:mod:`.interrupts`), and an edit that leaves a non-finite value in a tensor it changed
+        is refused (and undone).
         """
         requests = as_request_list(requests)
-        with transaction(self.edited_modules(), self.undo_point()):
-            return self._apply(requests)
+        return self._transact(lambda: self._apply(requests))
+
+    def _transact(self, apply: Callable[[], EditHandle]) -> EditHandle:
+        """Run ``apply`` as one edit: all of it, or none of it, whatever is raised or interrupted."""
+        with deferred_interrupts() as interrupts:
+            with transaction(self.edited_modules(), self.undo_point()) as tx:
+                handle = apply()
+                tx.require_finite(f"{type(self).__name__}'s edit")
+                tx.put_back_flags()
+                interrupts.check()  # held back until here: the transaction undoes the edit
+            interrupts.undo_on_exit(handle.restore)  # arriving later, it undoes the edit before it is raised
+            return handle  # inside: no line of the edit runs once the interrupt handler is back
 
     def session(self) -> EditSession:
         """Sequential editing that keeps one undo copy of each touched tensor (see :class:`EditSession`)."""

@@ -13,6 +13,7 @@ import weakref
 from abc import ABC, abstractmethod
 from typing import List, Optional, Sequence
 
+from .interrupts import deferred_interrupts
 from .transaction import join_transaction
 
 __all__ = ["APPLIED", "BLOCKED", "COMMITTED", "MERGED", "RESTORED", "VOID", "EditHandle", "EditStack",
@@ -129,18 +130,20 @@ class EditHandle(ABC):
         if later:
             raise RuntimeError(f"edits are undone newest first: restore the {later} edit(s) made after this one "
                                "before it")
-        self._undo()
-        stack_of(self.model).remove(self)
-        self._release()
-        self.state = RESTORED
+        with deferred_interrupts():  # never half undone: Ctrl-C is raised once the undo is complete
+            self._undo()
+            stack_of(self.model).remove(self)
+            self._release()
+            self.state = RESTORED
 
     def commit(self) -> None:
         """Make this edit permanent and free its undo copy. Earlier handles of the same model can
         no longer be restored (that would undo this one too); later ones still can."""
         self._require_applied("commit")
-        stack_of(self.model).make_permanent(self)
-        self._release()
-        self.state = COMMITTED
+        with deferred_interrupts():
+            stack_of(self.model).make_permanent(self)
+            self._release()
+            self.state = COMMITTED
 
     def block(self, reason: str) -> None:
         """Called when a later edit became permanent: this one can no longer be undone."""

@@ -5,6 +5,7 @@ import copy
 from typing import Optional
 
 from .handles import APPLIED, COMMITTED, MERGED, RESTORED, EditHandle, stack_of
+from .interrupts import deferred_interrupts
 
 __all__ = ["EditSession"]
 
@@ -28,29 +29,36 @@ class EditSession:
     def edit(self, requests) -> EditHandle:
         if self.state != APPLIED:
             raise RuntimeError(f"this edit session is {self.state}; start a new one with editor.session()")
-        handle = self.editor.edit(requests)
-        try:
-            if self.handle is None:
-                merged = copy.copy(handle)  # shares the undo dicts; handle._release() rebinds its own
-                merged.requests, merged.info = [], {"session": True}
-                stack_of(handle.model).replace(handle, merged)
-                self.handle = merged
-            else:
-                stack = stack_of(handle.model)
-                live = stack.handles()
-                if len(live) < 2 or live[-2] is not self.handle or live[-1] is not handle:
-                    raise RuntimeError("another edit was applied to this model after the session's last one; "
-                                       "restore or commit it before editing in the session")
-                self.handle._absorb(handle)
-                stack.remove(handle)
-        except BaseException:
-            if handle.state == APPLIED and stack_of(handle.model).handles()[-1] is handle:
-                handle.restore()  # anything absorbed so far equals the current values: harmless
-            raise
-        handle._release()
-        handle.state = MERGED
-        self.edits += 1
-        return handle
+        # Ctrl-C is held back (:mod:`.interrupts`) until the edit is merged or undone: an edit left
+        # applied on top of the session, unmerged, would make the session impossible to restore.
+        with deferred_interrupts() as interrupts:
+            handle = self.editor.edit(requests)
+            try:
+                interrupts.check()  # an interrupt during the edit: undo it below, the session as it was
+                self._merge(handle)
+            except BaseException:
+                if handle.state == APPLIED and stack_of(handle.model).handles()[-1] is handle:
+                    handle.restore()  # anything absorbed so far equals the current values: harmless
+                raise
+            handle._release()
+            handle.state = MERGED
+            self.edits += 1
+            return handle  # inside: no line runs once the interrupt handler is back
+
+    def _merge(self, handle: EditHandle) -> None:
+        if self.handle is None:
+            merged = copy.copy(handle)  # shares the undo dicts; handle._release() rebinds its own
+            merged.requests, merged.info = [], {"session": True}
+            stack_of(handle.model).replace(handle, merged)
+            self.handle = merged
+            return
+        stack = stack_of(handle.model)
+        live = stack.handles()
+        if len(live) < 2 or live[-2] is not self.handle or live[-1] is not handle:
+            raise RuntimeError("another edit was applied to this model after the session's last one; "
+                               "restore or commit it before editing in the session")
+        self.handle._absorb(handle)
+        stack.remove(handle)
 
     def undo_bytes(self) -> int:
         """Bytes the session keeps to undo itself (one copy of each touched tensor)."""
@@ -68,9 +76,10 @@ class EditSession:
         """Restore or commit (``action``) the merged handle once, then mark the session ``state``."""
         if self.state != APPLIED:
             raise RuntimeError(f"cannot {action}: this edit session is already {self.state}")
-        if self.handle is not None:
-            getattr(self.handle, action)()
-        self.state = state
+        with deferred_interrupts():  # the handle and the session's state change together
+            if self.handle is not None:
+                getattr(self.handle, action)()
+            self.state = state
 
     def __enter__(self) -> "EditSession":
         return self

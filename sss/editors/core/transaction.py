@@ -22,12 +22,13 @@ class Transaction:
     """What one edit may change, recorded cheaply before it runs (values only as snapshotted)."""
 
     def __init__(self, modules: Iterable[nn.Module], undo: Optional[Callable[[], None]]):
-        seen, self.flags, self.modes = set(), [], []
+        seen, self.flags, self.modes, self.footprints = set(), [], [], []
         for root in modules:
             for module in root.modules():
                 if id(module) not in seen:
                     seen.add(id(module))
                     self.modes.append((module, module.training))
+                    self.footprints.append((module, _footprint(module)))
             for param in root.parameters():
                 if id(param) not in seen:
                     seen.add(id(param))
@@ -36,19 +37,55 @@ class Transaction:
         self.copies: List[tuple] = []  # (tensor, its value before the edit)
         self.handles: list = []  # the EditHandles made inside, voided by a rollback
 
+    def require_finite(self, what: str) -> None:
+        """Refuse (raise) an edit that left NaN or infinity in a tensor it changed."""
+        for tensor, _original in self.copies:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{what} produced non-finite values (NaN or infinity) in a {tuple(tensor.shape)} "
+                                 f"{tensor.dtype} weight; the edit was undone. In float16 on a CPU the optimiser "
+                                 "overflows: load the model in float32 or bfloat16")
+
+    def put_back_flags(self) -> None:
+        """``requires_grad`` and ``.grad`` as they were: an edit's result is its weights, never a
+        gradient or a frozen flag left behind (a completed edit calls this too)."""
+        for param, flag, grad in self.flags:
+            param.requires_grad_(flag)
+            param.grad = grad
+
     def rollback(self) -> None:
+        for module, footprint in self.footprints:
+            _put_back(module, footprint)
         for handle in reversed(self.handles):
             handle.void()
         with torch.no_grad():
             for tensor, original in reversed(self.copies):
                 tensor.copy_(original)
-        for param, flag, grad in self.flags:
-            param.requires_grad_(flag)
-            param.grad = grad
+        self.put_back_flags()
         for module, mode in self.modes:
             module.training = mode  # not train(mode): that would also reset the children
         if self.undo is not None:
             self.undo()
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks",
+               "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _footprint(module: nn.Module) -> tuple:
+    """What an edit may add to a module besides tensors: hooks, and attributes such as a patched ``forward``."""
+    hooks = {name: dict(getattr(module, name)) for name in _HOOK_DICTS if hasattr(module, name)}
+    return set(module.__dict__), hooks
+
+
+def _put_back(module: nn.Module, footprint: tuple) -> None:
+    keys, hooks = footprint
+    for key in set(module.__dict__) - keys:
+        del module.__dict__[key]
+    for name, saved in hooks.items():
+        current = getattr(module, name)
+        if current != saved:
+            current.clear()
+            current.update(saved)
 
 
 _TRANSACTION: "contextvars.ContextVar[Optional[Transaction]]" = contextvars.ContextVar("sss_edit_transaction",

@@ -24,7 +24,8 @@ from ...data.requests import as_request_list
 from ...losses import edit_loss
 from ...models import layout_of, mlp_out_path, num_blocks, second_order_attention
 from ...progress import progress
-from ..core import Editor, WeightEditHandle, register_editor, snapshot, transaction
+from ..core import Editor, WeightEditHandle, register_editor, snapshot
+from ..core.interrupts import deferred_interrupts, raise_if_interrupted
 from ..core.grad_flags import train_only
 from .cached_step import step_forward
 from .config import ARCH_DEFAULTS, FTLConfig
@@ -86,27 +87,30 @@ class FTL(Editor):
         for start in range(0, len(requests), at_once):
             group = requests[start:start + at_once]
             _require_restored(previous)  # a group trains from the unedited model
-            trained = train_each(self, group) if together and len(group) > 1 else [None] * len(group)
+            with deferred_interrupts():  # Ctrl-C stops the group between steps, its flags and hooks put back
+                trained = train_each(self, group) if together and len(group) > 1 else [None] * len(group)
             for request, result in zip(group, trained):
                 _require_restored(previous)
-                previous = self.edit(request) if result is None else self._apply_trained(request, *result)
+                previous = None
                 try:
+                    previous = self.edit(request) if result is None else self._apply_trained(request, *result)
                     yield previous
-                except GeneratorExit:
-                    if not previous.restored:
+                except BaseException:  # closed early, or Ctrl-C before the caller got the handle
+                    if previous is not None and not previous.restored:
                         previous.restore()
                     raise
 
     def _apply_trained(self, request: EditRequest, values: Dict[str, torch.Tensor], history: List[dict]
                        ) -> WeightEditHandle:
         """Put weights trained by ``grouped.train_each`` in place, as ``edit(request)`` would leave them."""
-        with transaction(self.edited_modules(), self.undo_point()):
+        def apply() -> WeightEditHandle:
             originals = snapshot(self.base_model, self.parameter_names)
             params = dict(self.base_model.named_parameters())
             with torch.no_grad():
                 for name, value in values.items():
                     params[name].copy_(value)
             return WeightEditHandle(self.base_model, originals, [request], self.name, {"history": history})
+        return self._transact(apply)
 
     def _apply(self, requests: List[EditRequest]) -> WeightEditHandle:
         # Runs inside Editor.edit's transaction: whatever is raised while training (Ctrl-C, out of
@@ -133,6 +137,7 @@ class FTL(Editor):
                 bounds = [(originals[name] - radius, originals[name] + radius) for name in self.parameter_names]
             steps = progress(range(config.steps), desc="FT-L", enabled=self.progress, inner=True, unit="step")
             for step in steps:
+                raise_if_interrupted()  # a safe point: Ctrl-C stops the edit here, and it is undone
                 optimizer.zero_grad(set_to_none=True)
                 # SSS differentiates a gradient: attention must use kernels with a double backward.
                 with second_order_attention(model) if regularizer is not None else contextlib.nullcontext():

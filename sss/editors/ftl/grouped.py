@@ -38,6 +38,7 @@ from ...data import EditRequest, encode_for
 from ...losses import edit_loss
 from ...models import mlp_out_path
 from ..core.grad_flags import train_only
+from ..core.interrupts import raise_if_interrupted
 from .cached_step import full_path_reason, step_forward
 
 TrainedEdit = Tuple[Dict[str, torch.Tensor], List[dict]]  # trained values by parameter name, loss history
@@ -114,6 +115,7 @@ def _optimise(step, trained, originals, config, count) -> List[List[dict]]:
     active = torch.ones(count, dtype=torch.bool)
     with torch.enable_grad():
         for step_index in range(config.steps):
+            raise_if_interrupted()  # a safe point (nothing of the model is changed here)
             optimizer.zero_grad(set_to_none=True)
             losses = step()
             values = losses.detach().tolist()

@@ -11,7 +11,6 @@ classifier are recomputed, never trusted).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 
 from ...data import EditRequest
+from ...files import read_json, save_safetensors_atomic, sha256_file, write_json_atomic
 from .conditioning import edit_text
 
 logger = logging.getLogger(__name__)
@@ -136,9 +136,12 @@ class EditMemory:
     # -- files -------------------------------------------------------------------------------------
 
     def save(self, folder: Union[str, Path], classifier=None) -> Path:
-        """Write the entries (and, given the classifier, their keys) into ``folder``."""
-        from safetensors.torch import save_file
+        """Write the entries (and, given the classifier, their keys) into ``folder``.
 
+        Both files are written atomically, ``memory.json`` last: a save that fails (a full disk, a
+        kill) leaves the earlier memory whole. The keys are tied to the record by their SHA-256, so
+        keys of another save are never read with these entries.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         record = {
@@ -149,8 +152,9 @@ class EditMemory:
         keys = self.keys_for(classifier) if classifier is not None and self._entries else None
         if keys is not None:
             record["classifier_fingerprint"] = fingerprint(classifier)
-            save_file({"keys": keys.contiguous().cpu()}, str(folder / KEYS_FILE))
-        (folder / MEMORY_FILE).write_text(json.dumps(record, indent=1))
+            save_safetensors_atomic({"keys": keys.contiguous().cpu()}, folder / KEYS_FILE)
+            record["keys_sha256"] = sha256_file(folder / KEYS_FILE)
+        write_json_atomic(folder / MEMORY_FILE, record, indent=1)
         return folder
 
     @classmethod
@@ -160,9 +164,10 @@ class EditMemory:
         path = folder / MEMORY_FILE
         if not path.exists():
             raise ValueError(f"{folder} holds no SERAC memory ({MEMORY_FILE} is missing)")
-        record = json.loads(path.read_text())
-        if record.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path} has memory format {record.get('format_version')!r}; "
+        record = read_json(path)  # a damaged file is an error that names it
+        version = record.get("format_version") if isinstance(record, dict) else None
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{path} has memory format {version!r}; "
                              f"this version of sss reads format {FORMAT_VERSION}")
         memory = cls()
         for item in record["entries"]:
@@ -173,7 +178,8 @@ class EditMemory:
         memory._next_id = int(record["next_id"])
         keys_path = folder / KEYS_FILE
         if classifier is not None and keys_path.exists() and memory._entries:
-            if record.get("classifier_fingerprint") == fingerprint(classifier):
+            same_save = record.get("keys_sha256") == sha256_file(keys_path)
+            if same_save and record.get("classifier_fingerprint") == fingerprint(classifier):
                 from safetensors.torch import load_file
 
                 keys = load_file(str(keys_path))["keys"]
@@ -183,7 +189,7 @@ class EditMemory:
                 memory._keys = {e.id: k.to(device) for e, k in zip(memory._entries, keys)}
                 memory._key_stamp = (id(classifier), classifier.revision)
             else:
-                logger.info("the saved memory keys come from another classifier; recomputing them")
+                logger.info("the saved memory keys come from another classifier or save; recomputing them")
         return memory
 
 
