@@ -12,10 +12,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sss import FTL, MEND, EditRequest, load_model
+from sss import FTL, MEND, EditRequest, SSSRegularizer, load_model
 from sss.data import load_requests
 from sss.editors import EDITORS, WeightEditHandle, editor_class
 from sss.files import read_json, read_jsonl, verify_manifest, weights_fingerprint
+from sss.train import TrainConfig
 
 PROMPT = "The capital of France is"
 
@@ -49,11 +50,11 @@ def ftl(ctx, **options):
     return FTL(*ctx.tiny, progress=False, **options)
 
 
-def saved_edit(ctx):
+def saved_edit(ctx, name="edit"):
     """A saved FT-L edit of the shared model (which is restored at once)."""
     editor = ftl(ctx, lr=5e-2, steps=1, norm_constraint=1.0, early_stop_loss=-1.0)
     with editor.edit(EditRequest(PROMPT, "Rome")) as handle:
-        return handle.save(ctx.tmp / "edit")
+        return handle.save(ctx.tmp / name if name else name)
 
 
 def damaged(path, flip):
@@ -66,6 +67,24 @@ def damaged(path, flip):
 
 def without_metadata(path):
     path.with_suffix(".json").unlink()
+    return path
+
+
+def edit_meta(path, drop):
+    """The saved edit at ``path`` with its base fingerprint removed (``drop``) or set to null."""
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    if drop:
+        del meta["base_fingerprint"]
+    else:
+        meta["base_fingerprint"] = None
+    meta_path.write_text(json.dumps(meta))
+    return path
+
+
+def binary_file(ctx, name="data.json"):
+    path = ctx.tmp / name
+    path.write_bytes(b"\xff\xfe\x00garbage\x80")
     return path
 
 
@@ -174,6 +193,24 @@ CASES = [
      ValueError, "edit.json is missing"),
     ("edit file: same shapes, other weights", lambda c: WeightEditHandle.load(saved_edit(c), other_weights(c)),
      ValueError, "edit.safetensors (differing tensors: transformer.h.0.mlp.c_proj.weight)"),
+    ("edit file: base fingerprint removed", lambda c: WeightEditHandle.load(edit_meta(saved_edit(c), drop=True),
+                                                                             other_weights(c)),
+     ValueError, "records no base_fingerprint"),
+    ("edit file: base fingerprint null", lambda c: WeightEditHandle.load(edit_meta(saved_edit(c), drop=False),
+                                                                          other_weights(c)),
+     ValueError, "records no base_fingerprint"),
+    ("edit file: empty name", lambda c: saved_edit(c, name=""),
+     ValueError, "a saved edit needs a file name"),
+    # --- editors refuse what would silently give wrong results
+    ("ftl: float16 weights on a CPU", lambda c: FTL(*load_model("tiny-gpt2", dtype=torch.float16), progress=False),
+     ValueError, "FT-L cannot train float16 weights on a CPU"),
+    ("sss: target block beyond the depth", lambda c: ftl(c, regularizer=SSSRegularizer(target=99)), ValueError,
+     "target block 99 is out of range: the model has 2 blocks"),
+    ("train: grad clip nan", lambda c: TrainConfig(grad_clip=float("nan")), ValueError,
+     "grad_clip must be a positive finite number"),
+    ("train: lr infinite", lambda c: TrainConfig(lr={"network": float("inf")}), ValueError,
+     "lr['network'] must be a positive finite number"),
+    ("data: not UTF-8", lambda c: load_requests(binary_file(c)), ValueError, "data.json is not a text file (not UTF-8"),
     ("mend checkpoint: same shapes, other weights", lambda c: MEND.load(mend_checkpoint(c), other_weights(c), c.tiny[1]),
      ValueError, "mend was made for base weights with fingerprint"),
 ]
@@ -241,7 +278,27 @@ def a_file(ctx, name="taken"):
     return write(ctx, name, "x")
 
 
+def empty_folder(ctx):
+    (ctx.tmp / "empty").mkdir()
+    return ctx.tmp / "empty"
+
+
+def study_file(ctx, name="bad", editors='["ft-l"]', setting="", data=""):
+    """A smoke study of the demo set with one setting or data field added (each test's mistake)."""
+    path = ctx.tmp / "study.toml"
+    path.write_text(f'name = "{name}"\neditors = {editors}\ndatasets = ["demo"]\n'
+                    + (f"[data.demo]\neval = \"demo\"\n{data}\n" if data else "")
+                    + (f"[scales.smoke]\n{setting}\n" if setting else ""))
+    return path
+
+
+# Study settings of the wrong type or out of range: each would run silently, or fail deep inside.
+STUDY_BAD_SETTINGS = [("eval_requests", '"2"'), ("eval_requests", "2.5"), ("eval_requests", "0"),
+                      ("eval_requests", "-1"), ("seeds", "[]"), ("seeds", "0"), ("sizes", "[0]"),
+                      ("train_steps", "0")]
+
 EVAL = ["eval", "--model", "tiny-gpt2", "--data", "demo", "--no-progress"]
+STUDY = ["study", "studies/table1.toml", "--scale", "smoke"]
 TRAIN = ["train", "mend", "--model", "tiny-gpt2", "--train", "demo", "--no-progress"]
 
 CLI_CASES = [
@@ -284,6 +341,54 @@ CLI_CASES = [
      "argument --max-steps: expected a positive integer"),
     ("cli: unknown editor", lambda c: EVAL + ["--editor", "rome", "--out", str(c.tmp / "o")], "unknown editor 'rome'"),
     ("cli: bad sss target", lambda c: EVAL + ["--sss-target", "middle"], "block index, got 'middle'"),
+    ("cli: device meta", lambda c: EVAL + ["--device", "meta", "--out", str(c.tmp / "o")],
+     "--device 'meta': the meta device holds no values"),
+    ("cli: train grad clip nan", lambda c: TRAIN + ["--grad-clip", "nan", "--out", str(c.tmp / "o")],
+     "grad_clip must be a positive finite number or None, got nan"),
+    ("cli: train lr infinite", lambda c: TRAIN + ["--lr", "network=inf", "--out", str(c.tmp / "o")],
+     "lr['network'] must be a positive finite number, got inf"),
+    ("cli: train early stop key unknown", lambda c: TRAIN + ["--early-stop-key", "banana", "--out", str(c.tmp / "o")],
+     "--early-stop-key 'banana' is not a validation metric of MEND"),
+    ("cli: out empty", lambda c: EVAL + ["--out", ""], "argument --out: expected a name or path, got an empty string"),
+    ("cli: model empty", lambda c: EVAL + ["--model", "", "--out", str(c.tmp / "o")],
+     "argument --model: expected a name or path"),
+    ("cli: train out empty", lambda c: TRAIN + ["--out", ""], "argument --out: expected a name or path"),
+    ("cli: out name too long", lambda c: EVAL + ["--out", str(c.tmp / ("a" * 300))],
+     "a folder name is 300 bytes long; file systems allow 255"),
+    ("cli: seed beyond 64 bits", lambda c: EVAL + ["--seed", str(2 ** 70), "--out", str(c.tmp / "o")],
+     "argument --seed: expected an integer from 0 to 2**63 - 1"),
+    ("cli: data not UTF-8", lambda c: ["eval", "--model", "tiny-gpt2", "--data", str(binary_file(c)),
+                                       "--out", str(c.tmp / "o")], "data.json is not a text file (not UTF-8"),
+    ("cli: data folder datasets cannot read", lambda c: ["eval", "--model", "tiny-gpt2", "--data", str(empty_folder(c)),
+                                                         "--out", str(c.tmp / "o")],
+     "a folder that datasets could not read as a dataset"),
+    ("cli: unknown flag names its command", lambda c: EVAL + ["--bogus"], "sss eval: error: unrecognized arguments"),
+    ("cli: demo sss-c nan", lambda c: ["demo", "--sss-c", "nan", "--out", str(c.tmp / "o")],
+     "argument --sss-c: expected a number in [0, 1], got 'nan'"),
+    ("cli: batch without a batch size", lambda c: EVAL + ["--mode", "batch", "--out", str(c.tmp / "o")],
+     "mode 'batch' needs batch_size"),
+    ("cli: checkpoints beyond the requests", lambda c: EVAL + ["--limit", "2", "--mode", "sequential",
+                                                               "--checkpoints", "5", "--out", str(c.tmp / "o")],
+     "--checkpoints 5: beyond the 2 requests evaluated"),
+    ("cli: study out is /dev/null", lambda c: STUDY + ["--out", "/dev/null"], "--out /dev/null is a file"),
+    ("cli: study out unwritable", lambda c: STUDY + ["--out", "/proc/sss-cannot-write-here"], "cannot write there"),
+    ("cli: study model empty", lambda c: STUDY + ["--model", "", "--out", str(c.tmp / "o")],
+     "argument --model: expected a name or path"),
+    ("cli: study device meta", lambda c: STUDY + ["--device", "meta", "--out", str(c.tmp / "o")],
+     "--device 'meta': the meta device holds no values"),
+    ("cli: study file not UTF-8", lambda c: ["study", str(binary_file(c, "s.toml")), "--out", str(c.tmp / "o")],
+     "s.toml is not a text file (not UTF-8"),
+    ("cli: study name '..'", lambda c: ["study", str(study_file(c, name="..")), "--out", str(c.tmp / "o")],
+     "name '..' needs a letter or digit"),
+    ("cli: study name '.'", lambda c: ["study", str(study_file(c, name=".")), "--out", str(c.tmp / "o")],
+     "name '.' needs a letter or digit"),
+    ("cli: study unknown editor", lambda c: ["study", str(study_file(c, editors='["ft-l", "rome2"]')),
+                                             "--out", str(c.tmp / "o")], "unknown editor(s) ['rome2']"),
+] + [(f"cli: study {key} = {value}", (lambda k, v: lambda c: ["study", str(study_file(c, setting=f"{k} = {v}")),
+                                                               "--out", str(c.tmp / "o")])(key, value),
+      f"{key} must be") for key, value in STUDY_BAD_SETTINGS] + [
+    ("cli: study eval_slice of text", lambda c: ["study", str(study_file(c, data='eval_slice = ["a", "b"]')),
+                                                 "--out", str(c.tmp / "o")], "eval_slice must be [start, stop]"),
 ]
 if not torch.cuda.is_available():
     CLI_CASES.append(("cli: cuda without a GPU", lambda c: EVAL + ["--device", "cuda", "--out", str(c.tmp / "o")],
@@ -339,3 +444,75 @@ def test_a_wrong_typed_option_is_refused_on_the_command_line_before_the_model_lo
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and f"--option {field}" in err and "Traceback" not in err
     assert "no/such-model" not in err and not (tmp_path / "o").exists()
+
+
+def test_stdout_closed_by_its_reader_ends_quietly(tmp_path):
+    """``sss study ... | head -0``: the reader is gone before anything is printed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen([sys.executable, "-m", "sss", "study", "studies/table1.toml", "--status",
+                                "--out", str(tmp_path / "o")], cwd=root, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # long before the interpreter has started
+    stderr = process.stderr.read()
+    process.wait(timeout=120)
+    assert process.returncode == 141 and "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+def test_a_model_folder_whose_pickle_holds_code_is_refused_unrun(tmp_path, capsys):
+    model, tokenizer = load_model("tiny-gpt2", seed=0)
+    folder = tmp_path / "model"
+    model.config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    torch.save({"x": _RunsCode(tmp_path / "ran")}, folder / "pytorch_model.bin")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["eval", "--model", str(folder), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "a pickle that holds more than tensors, which sss refuses to unpickle" in err
+    assert not (tmp_path / "ran").exists()
+
+
+class _RunsCode:
+    """Unpickling this would create the file ``target``: the loader must refuse before that."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.target),))
+
+
+def test_an_unreachable_hub_is_one_line_at_once(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    def unreachable(self, *args, **kwargs):
+        raise ConnectionError("Name or service not known")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("transformers was asked to download (and retry) anyway")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_download)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(EVAL + ["--model", "someone/not-cached", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert "'someone/not-cached' is not in the hub cache" in err and "the hub cannot be reached (ConnectionError)" in err
+
+
+def test_an_sss_target_beyond_the_depth_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(EVAL + ["--limit", "1", "--sss-c", "0.9", "--sss-target", "99", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert [line for line in err.splitlines() if "error" in line] == [
+        "sss eval: error: the regularizer's target block 99 is out of range: the model has 2 blocks (0 to 1)"]

@@ -258,3 +258,30 @@ def test_check_fingerprint_names_what_it_refuses():
     with pytest.raises(ValueError, match="the saved edit e.safetensors was made for base weights with fingerprint "
                                          "abc, but this model's are def"):
         check_fingerprint("abc", "def", "the saved edit e.safetensors")
+
+
+def _rewrite_manifest(folder, change):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest["files"])
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_manifest_that_lists_nothing_verifies_nothing_and_is_refused(folder):
+    _rewrite_manifest(folder, dict.clear)
+    with pytest.raises(ValueError, match="lists no files"):
+        verify_manifest(folder)
+
+
+def test_a_manifest_entry_outside_its_folder_is_refused(folder, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("elsewhere") / "hostname"
+    outside.write_text("x")
+    relative = os.path.relpath(outside, folder)
+    _rewrite_manifest(folder, lambda files: files.update({relative: {"size": 1, "sha256": "0"}}))
+    with pytest.raises(ValueError, match="a path outside its folder"):
+        verify_manifest(folder)
+
+
+def test_weights_the_manifest_does_not_list_are_refused(folder):
+    save_safetensors_atomic({"w": torch.ones(3)}, folder / "replacement.safetensors")
+    with pytest.raises(ValueError, match="replacement.safetensors is not listed"):
+        verify_manifest(folder)

@@ -88,12 +88,9 @@ def test_shipped_grid_runs_on_real_data(tmp_path, shared_data):
     assert len(records_of(statuses[0].folder)) == study.settings["eval_requests"]
 
 
-def test_interrupted_cell_resumes_to_the_same_records(tmp_path, monkeypatch):
-    study = load_study(grid(regularizers=["none"], scales={"smoke": {"eval_requests": 4}}), "smoke")
-    cell = study.cells[0]
-    run_study(study, tmp_path / "whole", progress=False)
-    expected = records_of(cell_folder(tmp_path / "whole", cell))
-
+def _interrupted_cell(tmp_path, monkeypatch, requests=4):
+    """A single-mode cell stopped after two of its requests; returns (study, cell folder)."""
+    study = load_study(grid(regularizers=["none"], scales={"smoke": {"eval_requests": requests}}), "smoke")
     real_evaluate, calls = study_runner.evaluate, []
 
     def stop_after_two(*args, **kwargs):
@@ -104,12 +101,19 @@ def test_interrupted_cell_resumes_to_the_same_records(tmp_path, monkeypatch):
 
     monkeypatch.setattr(study_runner, "evaluate", stop_after_two)
     with pytest.raises(Interrupt):
-        run_study(study, tmp_path / "parts", progress=False)
-    folder = cell_folder(tmp_path / "parts", cell)
+        run_study(study, tmp_path, progress=False)
+    monkeypatch.setattr(study_runner, "evaluate", real_evaluate)
+    return study, cell_folder(tmp_path, study.cells[0])
+
+
+def test_interrupted_cell_resumes_to_the_same_records(tmp_path, monkeypatch):
+    study, folder = _interrupted_cell(tmp_path / "parts", monkeypatch)
+    cell = study.cells[0]
+    run_study(study, tmp_path / "whole", progress=False)
+    expected = records_of(cell_folder(tmp_path / "whole", cell))
     assert not (folder / "done").exists()
     with open(folder / RECORDS, "a") as handle:
         handle.write('{"index": 2, "torn')  # a crash in the middle of a line
-    monkeypatch.setattr(study_runner, "evaluate", real_evaluate)
     run_study(study, tmp_path / "parts", progress=False)
     assert records_of(folder) == expected
     # and both equal one evaluate() over all the requests (records carry no timings)
@@ -304,3 +308,35 @@ def test_two_processes_share_an_out_folder_and_train_each_checkpoint_once(tmp_pa
         assert [r["index"] for r in records_of(status.folder)] == [0, 1, 2]
         lines = (status.folder / RECORDS).read_text().splitlines()
         assert len(lines) == 3
+
+
+@pytest.mark.parametrize("bad, problem", [("duplicate", "repeats request 1"),
+                                          ("out of range", "is for request 7, out of range for 4 requests")])
+def test_a_damaged_record_log_stops_the_cell_naming_the_line(tmp_path, monkeypatch, bad, problem):
+    study, folder = _interrupted_cell(tmp_path, monkeypatch)
+    lines = (folder / RECORDS).read_text().splitlines()
+    record = json.loads(lines[1])
+    record["index"] = 1 if bad == "duplicate" else 7
+    (folder / RECORDS).write_text("\n".join(lines + [json.dumps(record)]) + "\n")
+    with pytest.raises(ValueError, match=rf"records.jsonl, record 3, {problem}: remove that line"):
+        run_study(study, tmp_path, progress=False)
+    assert not (folder / "done").exists()
+
+
+def test_a_cell_lock_that_is_a_folder_is_named(tmp_path, monkeypatch):
+    study, folder = _interrupted_cell(tmp_path, monkeypatch)
+    (folder / ".sss-cell.lock").unlink()
+    (folder / ".sss-cell.lock").mkdir()
+    with pytest.raises(ValueError, match=r"\.sss-cell\.lock is the lock file of .* but is not a file"):
+        run_study(study, tmp_path, progress=False)
+
+
+def test_a_damaged_training_folder_in_a_study_names_a_recovery_the_study_has(tmp_path):
+    study = load_study(grid(editors=["mend"], regularizers=["none"]), "smoke")
+    train = checkpoint_folder(tmp_path, study.cells[0].config["training"]) / "train"
+    train.mkdir(parents=True)  # as a killed run leaves it: progress recorded, its latest/ gone
+    (train / "progress.json").write_text('{"format": "sss-train-progress/1", "latest_step": 2}')
+    with pytest.raises(ValueError) as raised:
+        run_study(study, tmp_path, progress=False)
+    message = str(raised.value)
+    assert "latest is missing" in message and f"move {train} away" in message and "--no-resume" not in message

@@ -151,3 +151,35 @@ def test_a_damaged_safetensors_file_is_a_value_error_naming_it(tmp_path):
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
     with pytest.raises(ValueError, match="weights.safetensors is not a readable safetensors file"):
         load_tensors(path)
+
+
+def test_a_loss_that_turns_non_finite_stops_training_before_the_weights_do(tiny, tmp_path, monkeypatch):
+    """As a NaN learning rate or gradient clip would make it (those settings are refused up front)."""
+    calls = {"n": 0}
+    loss = MEND.training_loss
+
+    def turns_nan(self, episode):
+        calls["n"] += 1
+        value, logs = loss(self, episode)
+        return (value * float("nan"), logs) if calls["n"] > 4 else (value, logs)  # from step 3 (2 episodes a step)
+
+    monkeypatch.setattr(MEND, "training_loss", turns_nan)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"training stopped at step 3: the loss is nan"):
+        fit(tiny, out, max_steps=6)
+    latest = load_tensors(out / "latest" / "weights.safetensors")
+    assert latest and all(bool(t.isfinite().all()) for t in latest.values())  # step 2's checkpoint, whole
+
+
+def test_latest_replaced_by_a_link_to_a_good_copy_resumes_and_keeps_the_copy(tiny, finished_run, tmp_path):
+    """The documented recovery (put back a good copy), done with a symbolic link."""
+    out = copy_of(finished_run, tmp_path)
+    good = tmp_path / "good-copy"
+    shutil.move(out / "latest", good)
+    (out / "latest").symlink_to(good, target_is_directory=True)
+    kept = snapshot(good)
+    _, result = fit(tiny, out, max_steps=8)
+    assert result.steps == 8
+    assert (out / "latest").is_dir() and not (out / "latest").is_symlink() and snapshot(good) == kept
+    assert not (out / "latest.old").exists()
+    checkpoint_to_resume(out)  # the new latest/ verifies

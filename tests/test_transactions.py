@@ -200,3 +200,57 @@ def test_an_interrupted_serac_edit_leaves_memory_and_models_as_they_were(tiny_gp
     assert (entries, next_id) == memory_before[:2] and torch.equal(keys, memory_before[2])
     handle = editor.edit(requests)  # ids continue where they were: nothing of the failed edit remains
     assert handle.entry_ids == list(range(next_id, next_id + len(requests)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Edits that would silently be wrong, and two threads on one model
+
+
+def test_an_edit_that_writes_a_non_finite_weight_is_refused_and_undone(tiny_gpt2, monkeypatch):
+    model, tokenizer = tiny_gpt2
+    step = torch.optim.Adam.step
+
+    def poisoned(self, *args, **kwargs):  # as float16 overflow would: one NaN in the trained weight
+        result = step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
+        return result
+
+    monkeypatch.setattr(torch.optim.Adam, "step", poisoned)
+    before = full_state(model)
+    with pytest.raises(ValueError, match="non-finite values .* the edit was undone"):
+        FTL(model, tokenizer, **FAST).edit(REQUEST)
+    assert_unchanged(model, before)
+
+
+def test_a_second_thread_editing_the_same_model_is_refused_while_the_first_finishes(tiny_gpt2, monkeypatch):
+    import threading
+
+    model, tokenizer = tiny_gpt2
+    inside, release = threading.Event(), threading.Event()
+    loss = ft.edit_loss
+
+    def slow_loss(*args, **kwargs):  # the first thread waits inside its edit until the second has tried
+        inside.set()
+        release.wait(timeout=30)
+        return loss(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "edit_loss", slow_loss)
+    before = full_state(model)
+    results = {}
+
+    def first():
+        with FTL(model, tokenizer, **FAST).edit(REQUEST) as handle:
+            results["first"] = handle.state
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert inside.wait(timeout=30)
+    with pytest.raises(RuntimeError, match="another thread is editing this model"):
+        FTL(model, tokenizer, **FAST).edit(EditRequest("Water is made of", "fire"))
+    release.set()
+    thread.join(timeout=60)
+    assert results == {"first": "applied"}  # the first edit completed, then its with block restored it
+    assert_unchanged(model, before)
+    with FTL(model, tokenizer, **FAST).edit(REQUEST) as handle:  # and the model is free again
+        assert handle.state == "applied"

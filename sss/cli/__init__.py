@@ -11,7 +11,9 @@ Nothing else in sss imports this package; it imports whatever it needs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 from typing import Dict, Optional, Sequence
 
@@ -53,10 +55,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command. Bad input (any ``ValueError``: a wrong option, a missing or damaged file)
     is printed as ``sss COMMAND: error: ...`` and exits 2, without a traceback unless ``-v``."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's own parser, so the message names it (sss eval: error: ...)
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        subparsers.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     configure_logging(getattr(args, "verbose", False))
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, so that a reader gone away is caught below, not at exit
+        return code
+    except BrokenPipeError:  # stdout closed early (| head): nothing more to say, and no traceback
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush goes nowhere
+        return 141
     except ValueError as error:  # bad input: one clear line instead of a traceback (-v keeps it)
         if getattr(args, "verbose", False):
             raise

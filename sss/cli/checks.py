@@ -29,6 +29,39 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonempty(text: str) -> str:
+    """argparse ``type`` for names and paths: '' would silently mean the current folder or nothing."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a name or path, got an empty string")
+    return text
+
+
+def nonempty_path(text: str) -> Path:
+    return Path(nonempty(text))
+
+
+def seed(text: str) -> int:
+    """argparse ``type`` for ``--seed``: an integer torch and numpy can take (0 <= seed < 2**63)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**63 - 1, got {text!r}")
+    return value
+
+
+def coefficient(text: str) -> float:
+    """argparse ``type`` for ``--sss-c``: a number in [0, 1] (Eq. 10's C)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
 def check_device(name: str) -> None:
     """``--device``: a device name torch knows, and one this machine has ('auto' always passes).
 
@@ -64,7 +97,11 @@ def loading_data(source: str, flag: str = "--data") -> Iterator[None]:
     except ValueError:
         raise
     except Exception as error:  # ConnectionError, FileNotFoundError, DatasetNotFoundError...
-        raise ValueError(f"{flag} {source}: not a local file or folder, and datasets could not load it "
+        from ..data.readers import parse_source
+
+        what = ("a folder that datasets could not read as a dataset" if os.path.isdir(parse_source(source)[0])
+                else "not a local file or folder, and datasets could not load it")
+        raise ValueError(f"{flag} {source}: {what} "
                          f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from error
 
 
@@ -88,6 +125,10 @@ def output_folder(path: Path, flag: str = "--out") -> Iterator[Path]:
     failed run does not leave an empty output folder behind.
     """
     path = Path(path)
+    too_long = next((part for part in path.parts if len(part.encode()) > 255), None)
+    if too_long is not None:
+        raise ValueError(f"{flag} {str(path)[:80]}...: a folder name is {len(too_long.encode())} bytes long; "
+                         "file systems allow 255")
     if path.exists() and not path.is_dir():
         raise ValueError(f"{flag} {path} is a file, not a folder")
     created = _created_parents(path)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..eval.protocols import MODES
-from .checks import (check_data, check_device, check_editor_options, loading_data, output_folder,
+from .checks import (check_data, check_device, check_editor_options, loading_data, nonempty_path, output_folder,
                      positive_int)
 from .options import (add_data_options, add_device_option, add_editor_options, add_model_option, add_output_options,
                       add_sss_options, device_from_args, distributed_session, parse_options, regularizer_from_args)
@@ -29,7 +29,7 @@ DEFAULT_EDITOR = "ft-l"
 
 def add_measurement_options(parser: argparse.ArgumentParser, out: str) -> None:
     """What ``eval`` and ``demo`` share besides model and data: where to write, how to measure."""
-    parser.add_argument("--out", type=Path, default=Path(out),
+    parser.add_argument("--out", type=nonempty_path, default=Path(out),
                         help="folder for the JSON reports (one per run, never overwritten by another run), the "
                              "table of every report in it, and figures (default: %(default)s)")
     parser.add_argument("--eval-batch-size", type=positive_int, default=32,
@@ -56,7 +56,7 @@ def add_command(subparsers) -> None:
                         help=f"registered editor: {', '.join(editor_names())} (default: the one --checkpoint "
                              f"records, else {DEFAULT_EDITOR})")
     trainable = [name for name, cls in EDITORS.items() if cls.is_trainable()]
-    parser.add_argument("--checkpoint", type=Path, default=None,
+    parser.add_argument("--checkpoint", type=nonempty_path, default=None,
                         help="trained editor checkpoint folder, or a training run's folder (its best/), for "
                              f"trainable editors ({', '.join(trainable)})")
     add_editor_options(parser)
@@ -111,6 +111,7 @@ def _run(args, distributed) -> int:
     with output_folder(args.out) if main else contextlib.nullcontext(Path(args.out)) as out:
         with loading_data(args.data):
             requests = load_data(args.data, limit=args.limit, seed=args.seed, split=args.split)
+        check_plan(args, len(requests))
         model, tokenizer = load_model(args.model, device=device_from_args(args.device, distributed))
         cache: dict = {}
         runs = {}
@@ -145,6 +146,17 @@ def _run(args, distributed) -> int:
     print(f"wrote {len(runs)} JSON report(s), {table_path} (every report in {out}) and "
           f"{', '.join(f.name for f in figures)} in {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def check_plan(args, n_requests: int) -> None:
+    """The evaluation's own checks (mode, batch size, checkpoints), before the model loads."""
+    from ..eval.protocols import check_mode
+
+    check_mode(args.mode, args.batch_size, args.measure_each, list(args.checkpoints))
+    beyond = [n for n in args.checkpoints if n > n_requests]
+    if beyond:
+        raise ValueError(f"--checkpoints {' '.join(map(str, beyond))}: beyond the {n_requests} requests evaluated "
+                         "(a checkpoint is a number of edits made)")
 
 
 def request_ids(requests) -> str:

@@ -12,7 +12,7 @@ import json
 import logging
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
-from .checks import check_device, positive_int
+from .checks import check_device, coefficient, nonempty, positive_int, seed
 
 from ..data import FORMATS
 from ..losses.base import TARGETS as SSS_TARGETS, TOKENS as SSS_TOKENS
@@ -25,19 +25,19 @@ DATA_HELP = (f"PATH[:format] of a dataset (formats: {', '.join(FORMATS)}; detect
 
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL,
+    parser.add_argument("--model", type=nonempty, default=DEFAULT_MODEL,
                         help="built-in name (smollm2-135m, tiny-gpt2, tiny-llama), Hugging Face hub id or local "
                              "folder (default: %(default)s)")
 
 
 def add_data_options(parser: argparse.ArgumentParser, *, limit: Optional[int] = None) -> None:
     """``--data``, ``--split``, ``--limit``, ``--seed`` (evaluation's view of a dataset)."""
-    parser.add_argument("--data", default="demo", help=DATA_HELP + " (default: %(default)s)")
+    parser.add_argument("--data", type=nonempty, default="demo", help=DATA_HELP + " (default: %(default)s)")
     parser.add_argument("--split", default=None, help="dataset split, for sources with several")
     parser.add_argument("--limit", type=positive_int, default=limit,
                         help="evaluate at most N requests (a seeded subset where the reader supports it)" +
                              (" (default: %(default)s)" if limit else "; omitted: all"))
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=seed, default=0,
                         help="seed for the subset of requests and for each edit (default: %(default)s)")
 
 
@@ -72,12 +72,12 @@ def add_sss_options(parser: argparse.ArgumentParser, *, sweep: bool, default_c: 
     """``--sss-c`` (one value, or several for a sweep) and the regularizer's options."""
     group = parser.add_argument_group("SSS regularizer")
     if sweep:
-        group.add_argument("--sss-c", type=float, nargs="+", default=default_c, metavar="C",
+        group.add_argument("--sss-c", type=coefficient, nargs="+", default=default_c, metavar="C",
                            help="run with the SSS regularizer at coefficient C (Eq. 10: (1-C)*L_ori + C*SSS); several "
                                 "values run a sweep and draw c_sweep.png" +
                                 (" (default: %(default)s)" if default_c else "; omitted: without SSS"))
     else:
-        group.add_argument("--sss-c", type=float, default=None, metavar="C",
+        group.add_argument("--sss-c", type=coefficient, default=None, metavar="C",
                            help="train with the SSS regularizer: (1-C)*L_ori + C*SSS (Eq. 10); omitted: without SSS")
     group.add_argument("--sss-target", type=sss_target, default="last_hidden", metavar="{last_hidden,input_embeds,N}",
                        help="where the SSS gradient is taken: the final hidden state (the authors' code), the input "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
+from .checks import check_device, nonempty, nonempty_path, output_folder
 from .options import add_output_options
 
 DEFAULT_OUT = "sss-results/study"
@@ -25,12 +26,12 @@ def add_command(subparsers) -> None:
     parser.add_argument("--scale", choices=("smoke", "cpu", "gpu"), default="smoke",
                         help="smoke: tiny model, a few requests (seconds); cpu: smollm2-135m, sized for ~8 h on 2 "
                              "cores in all; gpu: the paper's sizes on CUDA (default: %(default)s)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
-    parser.add_argument("--model", default=None, help="override the scale's model (hub id or folder; e.g. gpt2-xl)")
+    parser.add_argument("--out", type=nonempty_path, default=Path(DEFAULT_OUT), help="output folder (default: %(default)s)")
+    parser.add_argument("--model", type=nonempty, default=None, help="override the scale's model (hub id or folder; e.g. gpt2-xl)")
     parser.add_argument("--device", default=None, help="override the scale's device (cpu, cuda, cuda:N)")
     parser.add_argument("--only", default=None, metavar="LABEL",
                         help="run only cells whose label contains LABEL (a glob when it has * ? [)")
-    parser.add_argument("--data-root", default=None,
+    parser.add_argument("--data-root", type=nonempty, default=None,
                         help="folder that relative data paths start from (default: $SSS_STUDY_DATA, else "
                              "../shared/data beside the repository)")
     parser.add_argument("--status", action="store_true",
@@ -59,8 +60,12 @@ def study_files(names) -> list:
 def run(args) -> int:
     from ..study import load_study, run_study, study_status, summarise_study
 
+    if args.device is not None:
+        check_device(args.device)
     studies = [load_study(f, args.scale, data_root=args.data_root, model=args.model, device=args.device)
                for f in study_files(args.files)]  # every file is checked before anything runs
+    with output_folder(args.out):  # a file, /dev/null, a read-only folder: refused before any cell runs
+        pass
     for study in studies:
         if not args.status:
             run_study(study, args.out, only=args.only, progress=args.progress)

@@ -17,7 +17,8 @@ import random
 import time
 from pathlib import Path
 
-from .checks import check_data, check_device, check_editor_options, loading_data, output_folder, positive_int
+from .checks import (check_data, check_device, check_editor_options, loading_data, nonempty, nonempty_path,
+                     output_folder, positive_int)
 from .options import (DATA_HELP, add_device_option, add_editor_options, add_model_option, add_output_options,
                       add_sss_options, device_from_args, distributed_session, parse_options, parse_pairs,
                       regularizer_from_args)
@@ -45,14 +46,14 @@ def add_command(subparsers) -> None:
                "then:\n  sss eval --checkpoint runs/mend --data ... ")
     parser.add_argument("editor", help=f"a trainable editor: {', '.join(trainable)}")
     add_model_option(parser)
-    parser.add_argument("--train", required=True, metavar="PATH[:format]", help="training requests: " + DATA_HELP)
+    parser.add_argument("--train", type=nonempty, required=True, metavar="PATH[:format]", help="training requests: " + DATA_HELP)
     parser.add_argument("--val", default=None, metavar="PATH[:format]",
                         help="validation requests; omitted: a seeded --val-fraction of --train is held out")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="share of --train held out for validation when --val is omitted (default: %(default)s)")
     parser.add_argument("--limit", type=positive_int, default=None, help="use at most N training requests (seeded subset)")
     parser.add_argument("--val-limit", type=positive_int, default=None, help="use at most N validation requests")
-    parser.add_argument("--out", type=Path, required=True,
+    parser.add_argument("--out", type=nonempty_path, required=True,
                         help="folder for best/, latest/ and train_log.jsonl (reused to resume)")
     add_sss_options(parser, sweep=False)
     loop = parser.add_argument_group("training loop (sss.train.TrainConfig)")
@@ -106,6 +107,10 @@ def _run(args, distributed) -> int:
         raise ValueError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
     options = parse_options(args.option)
     check_editor_options(cls, options)
+    keys = getattr(cls, "validation_keys", ())
+    if keys and args.early_stop_key not in keys:
+        raise ValueError(f"--early-stop-key {args.early_stop_key!r} is not a validation metric of "
+                         f"{cls.display_name}; its metrics are {', '.join(sorted(keys))}")
     config = TrainConfig(edit_batch_size=args.edit_batch_size, episodes_per_step=args.episodes_per_step,
                          max_steps=args.max_steps, lr=parse_lrs(args.lr), grad_clip=args.grad_clip,
                          val_every=args.val_every, val_episodes=args.val_episodes,

@@ -165,7 +165,10 @@ def _read_records(source: Source, split: Optional[str], dataset_kwargs) -> Tuple
 
 def _read_json_file(path: Path) -> List[Any]:
     """A JSON list, or JSON Lines (one object per line); anything else is an error."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not a text file (not UTF-8: {error.reason} at byte {error.start})") from None
     stripped = text.lstrip()
     if path.suffix.lower() != ".jsonl" and stripped.startswith("["):
         try:

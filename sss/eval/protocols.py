@@ -60,7 +60,7 @@ def evaluate(editor, requests: Iterable[EditRequest], mode: str = "single", *, b
     rounding. Editors without ``edit_each`` ignore it.
     """
     requests = as_request_list(requests, "evaluate()")
-    batch_size = _check_mode(mode, batch_size, measure_each, checkpoints)
+    batch_size = check_mode(mode, batch_size, measure_each, checkpoints)
     if eval_batch_size < 1:
         raise ValueError(f"eval_batch_size must be at least 1, got {eval_batch_size}")
     if not isinstance(edits_at_once, int) or isinstance(edits_at_once, bool) or edits_at_once < 1:
@@ -228,7 +228,7 @@ def _seeded(seed: int, editor):
         yield
 
 
-def _check_mode(mode, batch_size, measure_each, checkpoints) -> int:
+def check_mode(mode, batch_size, measure_each, checkpoints) -> int:
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):

@@ -37,6 +37,8 @@ def folder_lock(folder: PathLike, name: str, *, wait: bool = True, waiting: Opti
         return
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if (folder / name).exists() and not (folder / name).is_file():
+        raise ValueError(f"{folder / name} is the lock file of {folder} but is not a file; remove it")
     with open(folder / name, "a") as handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -60,7 +60,18 @@ def verify_manifest(folder: PathLike, recover: Optional[str] = None) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT \
             or not isinstance(manifest.get("files"), dict):
         raise ValueError(f"{manifest_path} is not an sss manifest ({MANIFEST_FORMAT}). {hint}")
-    for name, expected in manifest["files"].items():
+    listed = manifest["files"]
+    if not listed:
+        raise ValueError(f"{manifest_path} lists no files: nothing of the folder is verified. {hint}")
+    for name in listed:
+        if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ValueError(f"{manifest_path} lists {name!r}, a path outside its folder. {hint}")
+    unlisted = sorted(p.name for p in folder.glob("*.safetensors") if p.name not in listed)
+    if unlisted:  # weights that nothing vouches for would be loaded beside the verified ones
+        raise ValueError(f"{folder / unlisted[0]} is not listed in {manifest_path}. {hint}")
+    for name, expected in listed.items():
+        if not isinstance(expected, dict):
+            raise ValueError(f"{manifest_path}: the entry of {name!r} is not a size and SHA-256. {hint}")
         path = folder / name
         if not path.is_file():
             raise ValueError(f"{path} is missing (listed in {manifest_path}). {hint}")

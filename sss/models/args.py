@@ -53,7 +53,9 @@ def as_device(device, what: str = "device") -> Optional[torch.device]:
             raise ValueError(f"{what} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif parsed.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise ValueError(f"{what} {device!r}: MPS is not available on this machine")
-    elif parsed.type not in ("cpu", "cuda", "mps", "meta") and not hasattr(torch, parsed.type):
+    elif parsed.type == "meta":  # shapes without values: no edit or measurement can run there
+        raise ValueError(f"{what} {device!r}: the meta device holds no values; use 'cpu' or 'cuda'")
+    elif parsed.type not in ("cpu", "cuda", "mps") and not hasattr(torch, parsed.type):
         raise ValueError(f"{what} {device!r}: sss does not know the device type {parsed.type!r}")
     return parsed
 

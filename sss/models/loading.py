@@ -9,8 +9,10 @@ Causal LMs load with ``AutoModelForCausalLM``, encoder-decoders with ``AutoModel
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from pathlib import Path
+from typing import Optional
 
 from ..files import read_json
 from .args import as_device, as_dtype, check_load_arguments
@@ -83,13 +85,32 @@ def resolve(name: str):
         return name, {"cache_dir": cache, "local_files_only": True}
     if hub_offline():
         raise ValueError(not_available(name, cache))
+    unreachable = _hub_problem(name)  # one quick question, instead of transformers' minute of retries
+    if unreachable:
+        raise ValueError(not_available(name, cache, unreachable))
     return name, {"cache_dir": cache}
 
 
-def not_available(name: str, cache: str) -> str:
-    return (f"model {name!r} is not in the hub cache ({cache}) and the hub is offline (HF_HUB_OFFLINE=1). Make it "
-            f"available: download it where the hub can be reached (`hf download {name}`, or unset HF_HUB_OFFLINE), "
-            f"point HF_HUB_CACHE at a cache that holds it, or pass a local folder saved with save_pretrained")
+def not_available(name: str, cache: str, why: str = "the hub is offline (HF_HUB_OFFLINE=1)") -> str:
+    return (f"model {name!r} is not in the hub cache ({cache}) and {why}. Make it available: download it where "
+            f"the hub can be reached (`hf download {name}`, or unset HF_HUB_OFFLINE), point HF_HUB_CACHE at a "
+            f"cache that holds it, or pass a local folder saved with save_pretrained")
+
+
+def _hub_problem(name: str) -> Optional[str]:
+    """Why ``name`` cannot be downloaded now (the hub unreachable, no such model), or None."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(name, timeout=10)
+    except GatedRepoError:
+        return None  # exists; from_pretrained says what access it needs
+    except RepositoryNotFoundError:
+        return "the hub has no such model (or it is private)"
+    except Exception as error:  # connection refused, no DNS, a proxy: the hub cannot be reached from here
+        return f"the hub cannot be reached ({type(error).__name__})"
+    return None
 
 
 def _in_hub_cache(name: str, cache: str) -> bool:
@@ -109,6 +130,9 @@ def load_pretrained(source: str, options: dict):
     except OSError as error:  # transformers raises OSError for a missing folder, id or file
         hint = "" if Path(source).exists() else f"; {not_available(source, options.get('cache_dir', hub_cache_dir()))}"
         raise ValueError(f"could not load a language model from {source!r}: {error}{hint}") from error
+    except pickle.UnpicklingError as error:  # torch.load(weights_only=True) refused to run what a pickle holds
+        raise ValueError(f"{source}: its weights are a pickle that holds more than tensors, which sss refuses to "
+                         "unpickle (it could run code); save the model as safetensors") from error
     return model, tokenizer
 
 

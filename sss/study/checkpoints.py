@@ -22,6 +22,7 @@ from pathlib import Path
 from ..editors import editor_class
 from ..files import folder_lock, write_text_atomic
 from ..train import TrainConfig
+from ..train.run_folder import recovery_hint
 from .requests import training_requests
 from .spec import config_hash, regularizer_label, slug
 from .store import is_done, mark_done
@@ -59,6 +60,14 @@ def _train(cls, training: dict, train, val, cell, model, tokenizer, regularizer,
                          edit_batch_size=loop["edit_batch_size"], val_every=loop["val_every"],
                          val_episodes=loop["val_episodes"], lr=dict(loop["train_lr"]), seed=training["seed"],
                          patience=None, out_dir=str(folder / "train"), resume=True, progress=progress)
-    result = editor.fit(train, val, config)
+    try:
+        result = editor.fit(train, val, config)
+    except ValueError as error:  # a damaged train/ folder: the hint must be one the study can follow
+        hint = recovery_hint(folder / "train")
+        if hint not in str(error):
+            raise
+        raise ValueError(str(error).replace(hint, (
+            f"Nothing was changed. To recover, move {folder / 'train'} away (the study then trains this "
+            "checkpoint again from step 0), or put back a good copy of the damaged folder."))) from None
     editor.save(folder / "editor")
     mark_done(folder, {"steps": result.steps, "best_step": result.best_step, "best": result.best_metrics})

@@ -191,7 +191,7 @@ def _run_locked_cell(study: Study, cell: Cell, out: Path, folder: Path, model, t
             log.append(_with_scores(record, score))
         curve, settings = results.curve, results.settings
     else:
-        finished = {record["index"] for record in log.read()}
+        finished = {record["index"] for record in log.read_requests(len(requests))}
         bar = counter(total=len(requests), desc=cell.label, enabled=progress, leave=False, unit="req",
                       initial=len(finished))
         for i in (i for i in range(len(requests)) if i not in finished):
@@ -203,7 +203,7 @@ def _run_locked_cell(study: Study, cell: Cell, out: Path, folder: Path, model, t
             bar.update(1)
         bar.close()
         settings = _single_settings(c, len(requests))
-    records = log.read()
+    records = log.read() if c["mode"] == "sequential" else log.read_requests(len(requests))
     if len(records) != len(requests):
         raise RuntimeError(f"cell {cell.label} has {len(records)} records for {len(requests)} requests")
     results = EvalResults(mode=c["mode"], records=records, editor=editor.describe(), settings=settings, curve=curve)

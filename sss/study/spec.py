@@ -34,6 +34,7 @@ from typing import Dict, List, Optional, Sequence, Union
 from ..editors import editor_class, editor_names
 
 from .defaults import DATA_ENV, DATASETS, EDITED_BLOCK, SCALE_NAMES, SCALES, SUMMARIES, TRAINING_DATA
+from .settings import check_settings
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,10 @@ def load_study(source: Union[str, os.PathLike, dict], scale: str = "smoke", *, d
         path = Path(source)
         if not path.is_file():
             raise ValueError(f"no such study file: {path}")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path} is not a text file (not UTF-8: {error.reason} at byte {error.start})") from None
         if path.suffix.lower() == ".json":
             try:
                 raw = json.loads(text)
@@ -156,13 +160,17 @@ def load_study(source: Union[str, os.PathLike, dict], scale: str = "smoke", *, d
     defaults = copy.deepcopy(SCALES[scale])
     defaults["editors"] = {name: dict(editor_class(name).study_options.get(scale, {})) for name in editor_names()}
     settings = merge_scale(defaults, raw.get("scales", {}).get(scale, {}), where)
+    check_settings(settings, f"{where} [scales.{scale}]")
     if model:
         settings["model"] = model
     if device:
         settings["device"] = device
     root = Path(data_root) if data_root is not None else default_data_root(path)
     datasets = {name: data_spec(name, raw.get("data", {}).get(name), where) for name in raw["datasets"]}
-    study = Study(name=slug(raw["name"]), path=path, scale=scale, summary=summary, mode=mode, settings=settings,
+    name = slug(raw["name"])
+    if not re.search(r"[a-z0-9]", name):  # "." or "..": cells would land beside or above --out
+        raise ValueError(f"{where}: name {raw['name']!r} needs a letter or digit (it names the study's folder)")
+    study = Study(name=name, path=path, scale=scale, summary=summary, mode=mode, settings=settings,
                   data_root=root, datasets=datasets, title=raw.get("title", raw["name"]))
     regularizers = expand_regularizers(raw.get("regularizers", ["none"]), where)
     scores = [str(t) for t in raw.get("score_sss", [])]
@@ -212,9 +220,15 @@ def data_spec(name: str, table: Optional[dict], where: str) -> DataSpec:
         raise ValueError(f"{where}: [data.{name}] needs 'eval' and takes only {sorted(allowed)}; got {sorted(fields)}")
     for key in ("eval_slice", "train_slice", "val_slice"):
         if key in fields:
-            fields[key] = tuple(fields[key])
-            if len(fields[key]) != 2:
-                raise ValueError(f"{where}: [data.{name}].{key} must be [start, stop], got {list(fields[key])}")
+            value = fields[key]
+            if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(
+                    v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in value)):
+                raise ValueError(f"{where}: [data.{name}].{key} must be [start, stop] (integers; stop may be "
+                                 f"omitted as null), got {value!r}")
+            fields[key] = tuple(value)
+    for key in ("eval", "train", "format"):
+        if key in fields and not isinstance(fields[key], str):
+            raise ValueError(f"{where}: [data.{name}].{key} must be text, got {fields[key]!r}")
     return DataSpec(name=name, **fields)
 
 

@@ -35,6 +35,22 @@ class RecordLog:
         """Every whole record; a line torn by a crash is dropped (and cut off by the next append)."""
         return read_jsonl(self.path) if self.path.exists() else []
 
+    def read_requests(self, count: int) -> List[dict]:
+        """The records of a cell of ``count`` requests, each at most once: a record with another
+        index (a duplicate, or out of range) would be counted or paired wrongly, so it is an error
+        naming its line."""
+        records, seen = self.read(), set()
+        for line, record in enumerate(records, start=1):
+            index = record.get("index") if isinstance(record, dict) else None
+            problem = ("names no request index" if not isinstance(index, int) or isinstance(index, bool) else
+                       f"is for request {index}, out of range for {count} requests" if not 0 <= index < count else
+                       f"repeats request {index}" if index in seen else None)
+            if problem:
+                raise ValueError(f"{self.path}, record {line}, {problem}: remove that line (the cell then resumes "
+                                 "and measures the request again)")
+            seen.add(index)
+        return records
+
     def append(self, record: dict) -> None:
         append_jsonl(self.path, record, ensure_ascii=False)
 

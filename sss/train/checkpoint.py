@@ -43,7 +43,7 @@ def write_checkpoint(path: Union[str, Path], tensors: Dict[str, torch.Tensor], c
             raise ValueError(f"checkpoint file {name!r} must end in .safetensors or .json (and not be {MANIFEST})")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(path.name + ".writing")
-    shutil.rmtree(staging, ignore_errors=True)
+    _remove(staging)
     staging.mkdir()
     for name, content in files.items():
         if name.endswith(".safetensors"):
@@ -52,12 +52,21 @@ def write_checkpoint(path: Union[str, Path], tensors: Dict[str, torch.Tensor], c
             write_text_atomic(staging / name, json.dumps(content, indent=2, default=json_default) + "\n")
     write_manifest(staging, sorted(files), manifest_extra)  # last: a folder without it is unfinished
     old = path.with_name(path.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
+    _remove(old)
+    if path.exists() or path.is_symlink():
         os.rename(path, old)
     os.rename(staging, path)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
     return path
+
+
+def _remove(path: Path) -> None:
+    """Remove a folder, or only the link where it is a symbolic link (a good copy put back by hand
+    as a link to it is the user's: it is never deleted)."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def verify_checkpoint(path: Union[str, Path], recover: Optional[str] = None) -> Path:

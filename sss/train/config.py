@@ -1,6 +1,8 @@
 """The loop's settings, and what an editor implements to be trained (see the package docstring)."""
 from __future__ import annotations
 
+import math
+
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Protocol, Tuple, runtime_checkable
@@ -48,11 +50,11 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.val_episodes must be positive or None, got {self.val_episodes!r}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"TrainConfig.patience must be positive or None, got {self.patience!r}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"TrainConfig.grad_clip must be positive or None, got {self.grad_clip!r}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ValueError(f"TrainConfig.grad_clip must be a positive finite number or None, got {self.grad_clip!r}")
         for group, lr in self.lr.items():
-            if not lr > 0:
-                raise ValueError(f"TrainConfig.lr[{group!r}] must be positive, got {lr!r}")
+            if not (math.isfinite(lr) and lr > 0):
+                raise ValueError(f"TrainConfig.lr[{group!r}] must be a positive finite number, got {lr!r}")
         if self.out_dir is not None:
             self.out_dir = str(self.out_dir)
 

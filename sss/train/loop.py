@@ -116,20 +116,22 @@ class _Trainer:
 
     def _train_step(self) -> Dict[str, float]:
         per_rank = self.config.episodes_per_step // self.world
-        first = self.step * self.config.episodes_per_step
-        mine = [first + self.rank + self.world * i for i in range(per_rank)]
+        mine = [self.step * self.config.episodes_per_step + self.rank + self.world * i for i in range(per_rank)]
         self.module.train()
         self.optimizer.zero_grad(set_to_none=True)
         values: List[Dict[str, float]] = []
         for i, k in enumerate(mine):
             episode = self.train_stream.episode(k)
-            last = i == len(mine) - 1
             # DDP reduces gradients on the last backward of the step only.
-            sync = self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
+            sync = self.ddp.no_sync() if (self.ddp is not None and i < len(mine) - 1) else contextlib.nullcontext()
             with sync:
                 loss, logs = (self.ddp or self.module)(episode)
                 (loss / per_rank).backward()
             values.append({"loss": float(loss.detach())} | {k: float(v) for k, v in dict(logs).items()})
+        record = self._global_means(values)  # over the whole global batch (every rank sees the same)
+        if not math.isfinite(record["loss"]):  # stop before the step writes NaN into the weights
+            raise ValueError(f"training stopped at step {self.step + 1}: the loss is {record['loss']} (not finite); "
+                             "the last checkpoint is intact. Lower the learning rate or clip gradients harder")
         grad_norm = None
         if self.config.grad_clip is not None:
             params = [p for g in self.groups for p in g["params"]]
@@ -139,7 +141,6 @@ class _Trainer:
         if callable(after):
             after(all_reduce_sum)
         self.step += 1
-        record = self._global_means(values)  # over the whole global batch
         if grad_norm is not None:
             record["grad_norm"] = grad_norm
         return record

@@ -20,12 +20,13 @@ from torch import nn
 
 from ...data import EditRequest, as_request_list
 from ...losses import SparsityRegularizer
+from ...models import num_blocks
 from ...train.checkpoint import checkpoint_editor
 from .config import EditorConfig
 from .handles import EditHandle
 from .session import EditSession
 from .interrupts import deferred_interrupts
-from .transaction import transaction
+from .transaction import editing, transaction
 from .registry import editor_class
 
 __all__ = ["Editor"]
@@ -60,6 +61,10 @@ class Editor(ABC):
                  regularizer: Optional[SparsityRegularizer] = None, progress: bool = True, **overrides):
         if regularizer is not None and not isinstance(regularizer, SparsityRegularizer):
             raise ValueError(f"regularizer must be a SparsityRegularizer or None, got {type(regularizer).__name__}")
+        target = getattr(regularizer, "target", None)
+        if isinstance(target, int) and target >= num_blocks(model):
+            raise ValueError(f"the regularizer's target block {target} is out of range: the model has "
+                             f"{num_blocks(model)} blocks (0 to {num_blocks(model) - 1})")
         self.base_model = model
         self.tokenizer = tokenizer
         self.regularizer = regularizer
@@ -96,7 +101,7 @@ class Editor(ABC):
 
     def _transact(self, apply: Callable[[], EditHandle]) -> EditHandle:
         """Run ``apply`` as one edit: all of it, or none of it, whatever is raised or interrupted."""
-        with deferred_interrupts() as interrupts:
+        with deferred_interrupts() as interrupts, editing(self.base_model):
             with transaction(self.edited_modules(), self.undo_point()) as tx:
                 handle = apply()
                 tx.require_finite(f"{type(self).__name__}'s edit")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
+import weakref
 from typing import Callable, Iterable, List, Optional
 
 import torch
@@ -86,6 +88,25 @@ def _put_back(module: nn.Module, footprint: tuple) -> None:
         if current != saved:
             current.clear()
             current.update(saved)
+
+
+_EDIT_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def editing(model: nn.Module):
+    """Hold ``model`` for one edit. Two threads editing one model would interleave their hooks and
+    undo copies (random failures, a wrong restore): the second is refused at once, not queued."""
+    with _LOCKS_LOCK:
+        lock = _EDIT_LOCKS.setdefault(model, threading.RLock())
+    if not lock.acquire(blocking=False):
+        raise RuntimeError("another thread is editing this model; edit one model from one thread at a time "
+                           "(or give each thread its own copy of the model)")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 _TRANSACTION: "contextvars.ContextVar[Optional[Transaction]]" = contextvars.ContextVar("sss_edit_transaction",

@@ -14,6 +14,7 @@ file, another architecture, and a model of the same shapes with other weights.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Union
 
@@ -46,6 +47,8 @@ def edit_paths(path: Union[str, Path]):
     """``(tensors, metadata)`` file paths of a saved edit. ``"edit_c0.9"`` gives
     ``edit_c0.9.safetensors`` (a dot in the name is not a suffix); a given ``.safetensors``
     or ``.json`` suffix is dropped first."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip() or Path(path).name in ("", ".", ".."):
+        raise ValueError(f"a saved edit needs a file name (e.g. 'edits/capital'), got {path!r}")
     path = Path(path)
     if path.suffix in (".safetensors", ".json"):
         path = path.with_suffix("")
@@ -135,6 +138,9 @@ class WeightEditHandle(EditHandle):
             raise ValueError(f"{meta_path} is not a saved edit of format {FORMAT} (it says "
                              f"{meta.get('format') if isinstance(meta, dict) else type(meta).__name__!r}); "
                              "save the edit again with this version of sss")
+        if not isinstance(meta.get("base_fingerprint"), str):  # without it, any weights would be overwritten
+            raise ValueError(f"{meta_path} records no base_fingerprint, so the weights it applies to cannot be "
+                             "checked; save the edit again with this version of sss")
         edited = _read_verified(tensors_path, meta_path, meta)
         params = dict(model.named_parameters())
         refuse_mismatches(shape_mismatches(shapes(edited), shapes(params), saved_as="saved edit", complete=False),

@@ -60,6 +60,11 @@ class FTL(Editor):
         if self.config.norm_constraint is None:
             self.config.norm_constraint = defaults["norm_constraint"]
         self.parameter_names = self._trained_parameter_names()
+        params = dict(self.base_model.named_parameters())
+        half = [n for n in self.parameter_names if params[n].dtype == torch.float16 and params[n].device.type == "cpu"]
+        if half:  # Adam's squared gradients overflow float16 within a few steps: NaN weights, not an edit
+            raise ValueError(f"FT-L cannot train float16 weights on a CPU ({half[0]}): load the model in "
+                             "float32 or bfloat16 (load_model(..., dtype=torch.float32))")
 
     def _trained_parameter_names(self) -> List[str]:
         names = []

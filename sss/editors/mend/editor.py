@@ -89,6 +89,9 @@ class MEND(MENDTraining, Editor):
 
     config_class = MENDConfig
     requires_checkpoint = True  # untrained, an edit is a bare gradient step
+    # Every metric validation may report (TrainConfig.early_stop_key is checked against them early).
+    validation_keys = ("edit_loss", "loc_loss", "loss", "loss_ori", "penalty", "pre_reliability", "reliability",
+                       "generality", "locality")
     study_options = {"smoke": {"rank": 8, "stats_requests": 4}, "cpu": {"init_edit_lr": 1e-5}}
 
     def __init__(self, model, tokenizer, config: Optional[MENDConfig] = None, *, model_name: Optional[str] = None,

@@ -78,6 +78,9 @@ class SERAC(Editor):
 
     config_class = SERACConfig
     study_options = {"smoke": {"train_encoder": False}}
+    # Every metric validation may report (TrainConfig.early_stop_key is checked against them early).
+    validation_keys = ("cf_edit_nll", "cf_loss_ori", "cls_loss", "edit_loss", "generality", "loc_kl", "locality",
+                       "reliability", "scope_acc", "scope_in_acc", "scope_out_acc")
     # Some encoder/LM parameters (e.g. position embeddings past the longest sequence) may get no
     # gradient in an episode; DDP must not wait for them.
     find_unused_parameters = True

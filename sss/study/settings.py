@@ -1,0 +1,43 @@
+"""A study scale's settings checked by type and range before any cell runs."""
+from __future__ import annotations
+
+import math
+
+__all__ = ["check_settings"]
+
+
+def _count(value, *, allow_none=False) -> bool:
+    return (value is None and allow_none) or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+
+def _integers(value, *, low: int) -> bool:
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in value))
+
+
+def check_settings(settings: dict, where: str) -> None:
+    """A scale's settings by type and range, before any cell runs (a count of 0 or -1 would run
+    silently: a cell done with no records, all requests but one, a study of no cells)."""
+    problems = []
+    for key in ("train_requests", "val_requests", "train_steps", "episodes_per_step", "edit_batch_size",
+                "val_every", "val_episodes", "eval_batch_size"):
+        if not _count(settings[key]):
+            problems.append(f"{key} must be a positive integer, got {settings[key]!r}")
+    if not _count(settings["eval_requests"], allow_none=True):
+        problems.append(f"eval_requests must be a positive integer (or absent: every request), "
+                        f"got {settings['eval_requests']!r}")
+    if not _integers(settings["seeds"], low=0):
+        problems.append(f"seeds must be a non-empty list of integers >= 0, got {settings['seeds']!r}")
+    if not _integers(settings["sizes"], low=1):
+        problems.append(f"sizes must be a non-empty list of positive integers, got {settings['sizes']!r}")
+    if not isinstance(settings["generate"], bool):
+        problems.append(f"generate must be true or false, got {settings['generate']!r}")
+    for key in ("model", "device"):
+        if not isinstance(settings[key], str) or not settings[key].strip():
+            problems.append(f"{key} must be a name, got {settings[key]!r}")
+    if not isinstance(settings["train_lr"], dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            for v in settings["train_lr"].values()):
+        problems.append(f"train_lr must be a table of positive numbers, got {settings['train_lr']!r}")
+    if problems:
+        raise ValueError(f"{where}: " + "; ".join(problems))
