@@ -387,6 +387,12 @@ CLI_CASES = [
 ] + [(f"cli: study {key} = {value}", (lambda k, v: lambda c: ["study", str(study_file(c, setting=f"{k} = {v}")),
                                                                "--out", str(c.tmp / "o")])(key, value),
       f"{key} must be") for key, value in STUDY_BAD_SETTINGS] + [
+    ("cli: study options of an unknown editor", lambda c: ["study", str(study_file(
+        c, setting="[scales.smoke.editors.rome2]\nsteps = 2")), "--out", str(c.tmp / "o")],
+     "options for unknown editor 'rome2'"),
+    ("cli: study option an editor lacks", lambda c: ["study", str(study_file(
+        c, setting="[scales.smoke.editors.ft-l]\nstepz = 2")), "--out", str(c.tmp / "o")],
+     "ft-l has no option(s) ['stepz']"),
     ("cli: study eval_slice of text", lambda c: ["study", str(study_file(c, data='eval_slice = ["a", "b"]')),
                                                  "--out", str(c.tmp / "o")], "eval_slice must be [start, stop]"),
 ]

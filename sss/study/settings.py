@@ -1,9 +1,12 @@
 """A study scale's settings checked by type and range before any cell runs."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
-__all__ = ["check_settings"]
+from ..editors import editor_class, editor_names
+
+__all__ = ["check_editor_overrides", "check_settings"]
 
 
 def _count(value, *, allow_none=False) -> bool:
@@ -41,3 +44,17 @@ def check_settings(settings: dict, where: str) -> None:
         problems.append(f"train_lr must be a table of positive numbers, got {settings['train_lr']!r}")
     if problems:
         raise ValueError(f"{where}: " + "; ".join(problems))
+
+
+def check_editor_overrides(editor: str, options, where: str) -> None:
+    """A scale's ``[editors.NAME]`` table: a registered editor, and only fields of its config
+    (checked here, not when the first cell of that editor is built after others ran)."""
+    if editor not in editor_names():
+        raise ValueError(f"{where}: options for unknown editor {editor!r}; registered editors: "
+                         f"{', '.join(editor_names())}")
+    if not isinstance(options, dict):
+        raise ValueError(f"{where}: the options of {editor} must be a table, got {options!r}")
+    fields = {f.name for f in dataclasses.fields(editor_class(editor).config_class)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(f"{where}: {editor} has no option(s) {unknown}; its options are {', '.join(sorted(fields))}")

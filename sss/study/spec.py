@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Union
 from ..editors import editor_class, editor_names
 
 from .defaults import DATA_ENV, DATASETS, EDITED_BLOCK, SCALE_NAMES, SCALES, SUMMARIES, TRAINING_DATA
-from .settings import check_settings
+from .settings import check_editor_overrides, check_settings
 
 
 @dataclass(frozen=True)
@@ -202,6 +202,7 @@ def merge_scale(defaults: dict, overrides: dict, where: str) -> dict:
     for key, value in overrides.items():
         if key == "editors":
             for editor, options in value.items():
+                check_editor_overrides(editor, options, where)
                 merged["editors"].setdefault(editor, {}).update(options)
         else:
             merged[key] = value
