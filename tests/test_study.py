@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 
 from sss import MEND
-from sss.study import config_hash, load_study, run_study, summarise_study
+from sss.study import cell_identity, config_hash, load_study, run_study, stale_folders, summarise_study
+from sss.study.identity import hashed_config, request_id
+from sss.study.requests import eval_requests
 from sss.study import runner as study_runner
-from sss.study.checkpoints import checkpoint_folder
+from sss.study.checkpoints import cell_checkpoint_folder
 from sss.study.runner import cell_folder
 from sss.study.store import RECORDS
 
@@ -57,22 +59,27 @@ def test_shipped_grids_load_at_every_scale():
     for path in files:
         for scale in ("smoke", "cpu", "gpu"):
             study = load_study(path, scale)
-            names = [c.folder_name for c in study.cells]
+            # Settings alone (a folder's hash adds the identity, which needs the data and the weights).
+            names = [f"{c.label}-{config_hash(c.config)}" for c in study.cells]
             assert len(set(names)) == len(names), f"{path.name} {scale}: two cells share a folder"
     sweep = load_study(STUDIES / "c_sweep.toml", "cpu")
     targets = {(c.regularizer or {}).get("target") for c in sweep.cells}
     assert targets == {None, "last_hidden", "input_embeds", "edited_block"}
 
 
-def test_editor_options_from_the_registry_keep_the_committed_cells(tmp_path):
-    """Each editor's per-scale options now come from its class (``study_options``): the shipped grids
-    must still name exactly the committed cell folders, so that no finished cell reruns."""
+def test_the_shipped_grids_name_exactly_the_committed_cells(shared_data, smollm2):
+    """The committed CPU-scale results are the cells the shipped grids ask for, on the shared data and
+    the bundled SmolLM2 (their identity), so that no finished cell reruns and none is stale."""
     results = STUDIES.parent / "study-results"
     for path in sorted(STUDIES.glob("*.toml")):
-        study = load_study(path, "cpu")
+        study = load_study(path, "cpu", data_root=shared_data)
         committed = {p.name for p in (results / study.name).iterdir() if p.is_dir()}
         missing = [c.folder_name for c in study.cells if c.folder_name not in committed]
         assert not missing, f"{path.name}: cells whose identity changed: {missing[:3]}"
+        assert stale_folders(study, results) == []
+
+
+def test_editor_options_come_from_the_registry():
     smoke = load_study(grid(editors="all"), "smoke")
     options = {c.editor: c.config["editor_options"] for c in smoke.cells}
     assert options == {"ft-l": {"steps": 3}, "mend": {"rank": 8, "stats_requests": 4},
@@ -118,11 +125,12 @@ def test_interrupted_cell_resumes_to_the_same_records(tmp_path, monkeypatch):
     assert records_of(folder) == expected
     # and both equal one evaluate() over all the requests (records carry no timings)
     from sss.eval import evaluate
-    from sss.study.requests import eval_requests
 
     model, tokenizer = study_runner.load_model("tiny-gpt2")
     editor = study_runner.build_editor(study, cell, model, tokenizer, tmp_path, False)
     direct = evaluate(editor, eval_requests(study, cell), "single", generate=False, progress=False)
+    requests = eval_requests(study, cell)
+    assert [r.pop("request_id") for r in expected] == [request_id(r) for r in requests]  # each names its request
     assert json.loads(json.dumps(direct.records)) == expected
 
 
@@ -157,20 +165,26 @@ def _leaves(value, path=()):
         yield path
 
 
-def test_config_hash_changes_with_every_field_and_names_are_stable():
+def test_a_cells_hash_changes_with_every_setting_and_identity_field_and_names_are_stable():
     study = load_study(grid(editors=["mend"]), "smoke")
     cell = study.cells[1]
     again = load_study(grid(editors=["mend"]), "smoke").cells[1]
     assert cell.folder_name == again.folder_name
-    assert config_hash(dict(reversed(list(cell.config.items())))) == cell.key
-    for path in _leaves(cell.config):
-        changed = json.loads(json.dumps(cell.config))
-        target = changed
-        for key in path[:-1]:
-            target = target[key]
-        old = target[path[-1]]
-        target[path[-1]] = (not old) if isinstance(old, bool) else ("x" if old is None else f"{old}!")
-        assert config_hash(changed) != cell.key, f"changing {path} left the hash as it was"
+    settings, identity = hashed_config(cell.config), cell_identity(study, cell)
+    assert set(identity) == {"data", "model", "code"} and set(identity["data"]) == {"eval", "train", "val"}
+    assert config_hash({"identity": identity, "config": dict(reversed(list(settings.items())))}) == cell.key
+    for part, value in (("config", settings), ("identity", identity)):
+        for path in _leaves(value):
+            changed = json.loads(json.dumps({"config": settings, "identity": identity}))
+            target = changed[part]
+            for key in path[:-1]:
+                target = target[key]
+            old = target[path[-1]]
+            target[path[-1]] = (not old) if isinstance(old, bool) else ("x" if old is None else f"{old}!")
+            assert config_hash(changed) != cell.key, f"changing {part} {path} left the hash as it was"
+    moved = json.loads(json.dumps(cell.config))
+    moved["data"]["eval"] = "elsewhere/the-same-requests.json"  # a path is for people: content decides
+    assert hashed_config(moved) == settings
 
 
 def test_checkpoints_are_trained_once_and_reused(tmp_path, monkeypatch):
@@ -181,7 +195,7 @@ def test_checkpoints_are_trained_once_and_reused(tmp_path, monkeypatch):
     study = load_study(grid(editors=["mend"], datasets=["demo", "demo-b"], data=data), "smoke")
     run_study(study, tmp_path, progress=False)
     assert len(fits) == 2  # without and with SSS; each serves both datasets
-    folders = {checkpoint_folder(tmp_path, c.config["training"]) for c in study.cells}
+    folders = {cell_checkpoint_folder(study, c, tmp_path) for c in study.cells}
     assert len(folders) == 2 and all((f / "done").exists() for f in folders)
     other = load_study(grid(name="other", editors=["mend"], data=data), "smoke")  # another study, same training
     run_study(other, tmp_path, progress=False)
@@ -333,7 +347,7 @@ def test_a_cell_lock_that_is_a_folder_is_named(tmp_path, monkeypatch):
 
 def test_a_damaged_training_folder_in_a_study_names_a_recovery_the_study_has(tmp_path):
     study = load_study(grid(editors=["mend"], regularizers=["none"]), "smoke")
-    train = checkpoint_folder(tmp_path, study.cells[0].config["training"]) / "train"
+    train = cell_checkpoint_folder(study, study.cells[0], tmp_path) / "train"
     train.mkdir(parents=True)  # as a killed run leaves it: progress recorded, its latest/ gone
     (train / "progress.json").write_text('{"format": "sss-train-progress/1", "latest_step": 2}')
     with pytest.raises(ValueError) as raised:

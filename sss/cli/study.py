@@ -36,6 +36,10 @@ def add_command(subparsers) -> None:
                              "../shared/data beside the repository)")
     parser.add_argument("--status", action="store_true",
                         help="run nothing: print what is done and what is left, and rewrite the summaries")
+    parser.add_argument("--adopt", action="store_true",
+                        help="adopt finished cells written before cells had an identity (older sss), where every "
+                             "record matches the data read now: they get the identity they would have and their "
+                             "current folder name, instead of being rerun")
     parser.add_argument("--partial", action="store_true",
                         help="summaries also read unfinished cells (pairs use the requests both sides have)")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default: %(default)s)")
@@ -58,7 +62,7 @@ def study_files(names) -> list:
 
 
 def run(args) -> int:
-    from ..study import load_study, run_study, study_status, summarise_study
+    from ..study import load_study, run_study, stale_folders, study_status, summarise_study
 
     if args.device is not None:
         check_device(args.device)
@@ -67,6 +71,11 @@ def run(args) -> int:
     with output_folder(args.out):  # a file, /dev/null, a read-only folder: refused before any cell runs
         pass
     for study in studies:
+        if args.adopt:
+            from ..study.adopt import adopt_legacy_cells
+
+            for label, outcome in adopt_legacy_cells(study, args.out):
+                print(f"  {label}: {outcome}")
         if not args.status:
             run_study(study, args.out, only=args.only, progress=args.progress)
         statuses = study_status(study, args.out, args.only)
@@ -76,4 +85,6 @@ def run(args) -> int:
               f"results in {Path(args.out) / study.name}, summary {summary}")
         for status in left:
             print(f"  left: {status.cell.label} ({status.records} requests recorded) in {status.folder}")
+        for cell, folder, reasons in stale_folders(study, args.out, [s.cell for s in statuses]):
+            print(f"  stale: {folder} ({', '.join(reasons)}); never read")
     return 0

@@ -30,6 +30,9 @@ from .lm_head import shares_context
 logger = logging.getLogger(__name__)
 
 FAMILIES = ("reliability", "generality", "locality", "portability")
+# Bump when the same observations would be scored otherwise, or other probes measured (a metric's
+# definition, a new default): study cells and cached unedited observations record it.
+MEASUREMENT_VERSION = 1
 
 
 @dataclass(frozen=True)

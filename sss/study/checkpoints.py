@@ -1,8 +1,10 @@
 """MEND and SERAC checkpoints, trained once per training configuration and shared by every cell.
 
 The key is the hash of the cell's ``training`` configuration (editor, model, its options, the
-regularizer, the training seed, the training data and sizes, the loop's settings), so every
-experiment that asks for the same training reuses one folder::
+regularizer, the training seed, the training data's slices and sizes, the loop's settings) and of
+the training's identity (the training and validation requests' content, the base weights, the
+code's versions: :func:`sss.study.identity.training_identity`), so every experiment that asks
+for the same training reuses one folder, and other data or weights never reuse it::
 
     <out>/checkpoints/<editor>-<regularizer>-s<seed>-<hash>/
         train/      sss.train's out_dir (best/, latest/, train_log.jsonl): an interrupted
@@ -23,6 +25,7 @@ from ..editors import editor_class
 from ..files import folder_lock, write_text_atomic
 from ..train import TrainConfig
 from ..train.run_folder import recovery_hint
+from .identity import training_identity
 from .requests import training_requests
 from .spec import config_hash, regularizer_label, slug
 from .store import is_done, mark_done
@@ -31,21 +34,30 @@ logger = logging.getLogger(__name__)
 TRAINING_LOCK = ".sss-training.lock"
 
 
-def checkpoint_folder(out: Path, training: dict) -> Path:
+def checkpoint_folder(out: Path, training: dict, identity: dict) -> Path:
     name = slug(f"{training['editor']}-{regularizer_label(training['regularizer'])}-s{training['seed']}")
-    return Path(out) / "checkpoints" / f"{name}-{config_hash(training)}"
+    settings = {key: value for key, value in training.items() if key != "train"}  # the path: by content instead
+    return Path(out) / "checkpoints" / f"{name}-{config_hash({'training': settings, 'identity': identity})}"
+
+
+def cell_checkpoint_folder(study, cell, out: Path) -> Path:
+    """Where the checkpoint ``cell`` uses is (or will be) trained."""
+    train, val = training_requests(study, cell)
+    return checkpoint_folder(out, cell.config["training"], training_identity(study, cell, train, val))
 
 
 def trained_editor(study, cell, model, tokenizer, regularizer, out: Path, *, progress: bool = True):
     """The cell's MEND/SERAC, loaded from the cache (trained into it first when missing)."""
     training = cell.config["training"]
-    folder = checkpoint_folder(out, training)
     train, val = training_requests(study, cell)  # checks disjointness even when the checkpoint exists
+    identity = training_identity(study, cell, train, val)
+    folder = checkpoint_folder(out, training, identity)
     cls = editor_class(training["editor"])
     if not is_done(folder):
         with folder_lock(folder, TRAINING_LOCK, waiting=f"waiting for another process that is training {folder}"):
             if not is_done(folder):  # trained by the process we waited for
-                _train(cls, training, train, val, cell, model, tokenizer, regularizer, folder, progress)
+                _train(cls, dict(training, identity=identity), train, val, cell, model, tokenizer, regularizer,
+                       folder, progress)
     # Always load from disk, so a cell gives the same records whether it trained or reused.
     return cls.from_checkpoint(folder / "editor", model, tokenizer, progress=progress)
 

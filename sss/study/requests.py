@@ -13,14 +13,19 @@ from ..data import EditRequest, demo_requests, load_requests
 logger = logging.getLogger(__name__)
 
 
-@functools.lru_cache(maxsize=16)
 def _read(source: str, format: Optional[str]) -> Tuple[EditRequest, ...]:
     if source == "demo":
-        return tuple(demo_requests())
+        return _read_once(source, format, None)
     if not Path(source).exists():
         raise ValueError(f"study data file {source} does not exist (set --data-root or $SSS_STUDY_DATA to the "
                          f"folder holding the shared data)")
-    return tuple(load_requests(source, format))
+    stat = Path(source).stat()  # a file changed in place is read again, never served from memory
+    return _read_once(source, format, (stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=16)
+def _read_once(source: str, format: Optional[str], stamp) -> Tuple[EditRequest, ...]:
+    return tuple(demo_requests()) if source == "demo" else tuple(load_requests(source, format))
 
 
 def select(source: str, format: Optional[str], window: Sequence, count: Optional[int], seed: int = 0

@@ -3,7 +3,8 @@
 Output layout (``out``)::
 
     <out>/<study>/<label>-<hash>/   one cell: records.jsonl (appended as requests finish),
-                                    report.json (sss.eval.report.write_json format), cell.json, done
+                                    report.json (sss.eval.report.write_json format), cell.json,
+                                    identity.json (what <hash> covers: sss.study.identity), done
     <out>/checkpoints/...           trained MEND/SERAC, shared by every study (checkpoints.py)
     <out>/unedited/...              unedited observations, one file per (model, requests, settings)
 
@@ -30,13 +31,14 @@ from typing import Dict, List, Optional
 import torch
 
 from ..editors import FTL, editor_class
-from ..eval import EvalResults, evaluate, observe_many
+from ..eval import MEASUREMENT_VERSION, EvalResults, evaluate, observe_many
 from ..eval.report import write_json
-from ..files import FolderBusy, folder_lock, write_text_atomic
+from ..files import FolderBusy, folder_lock, write_json_atomic, write_text_atomic
 from ..losses import SSSRegularizer
 from ..models import load_model
 from ..progress import counter, progress as show_progress
 from .checkpoints import trained_editor
+from .identity import IDENTITY_FILE, cell_identity, hashed_config, request_id
 from .requests import eval_requests
 from .spec import EDITED_BLOCK, Cell, Study, config_hash, slug
 from .store import RecordLog, UneditedCache, is_done, mark_done
@@ -135,10 +137,7 @@ def unedited_observations(study: Study, cell: Cell, requests, model, tokenizer, 
     The unedited observations are those of the base model, before any edit (for SERAC too, whose
     wrapper with an empty memory answers as the base model does)."""
     keys = [config_hash(r.to_dict()) for r in requests]
-    settings = {"model": cell.config["model"], "requests": keys, "generate": cell.config["generate"],
-                "eval_batch_size": cell.config["eval_batch_size"]}
-    name = slug(f"{cell.config['model']}-{cell.config['data']['name']}") + f"-{config_hash(settings)}.json"
-    disk = UneditedCache(out / "unedited" / name)
+    disk = UneditedCache(unedited_cache_path(study, cell, out, keys))
     stored = disk.load()
     missing = [i for i, key in enumerate(keys) if key not in stored]
     if missing:  # one length-bucketed pass over every request not yet on disk
@@ -149,6 +148,17 @@ def unedited_observations(study: Study, cell: Cell, requests, model, tokenizer, 
         disk.save(stored)
         stored = disk.load()  # use the stored form, exactly what a later run reads
     return {key: stored[key] for key in keys}
+
+
+def unedited_cache_path(study: Study, cell: Cell, out: Path, keys: List[str], legacy: bool = False) -> Path:
+    """The cache file of these requests' unedited observations on the cell's model (``legacy``: its
+    name before the weights and the measurement's version were part of it)."""
+    settings = {"model": cell.config["model"], "requests": keys, "generate": cell.config["generate"],
+                "eval_batch_size": cell.config["eval_batch_size"]}
+    if not legacy:
+        settings |= {"weights": cell_identity(study, cell)["model"], "measurement": MEASUREMENT_VERSION}
+    return Path(out) / "unedited" / (slug(f"{cell.config['model']}-{cell.config['data']['name']}")
+                                     + f"-{config_hash(settings)}.json")
 
 
 def sss_scores(study: Study, cell: Cell, model, tokenizer, request) -> Dict[str, float]:
@@ -175,6 +185,8 @@ def run_cell(study: Study, cell: Cell, out, model, tokenizer, *, progress: bool 
 def _run_locked_cell(study: Study, cell: Cell, out: Path, folder: Path, model, tokenizer, progress: bool) -> None:
     write_text_atomic(folder / "cell.json", json.dumps({"label": cell.label, "study": study.name,
                                                         "scale": study.scale, "config": cell.config}, indent=2))
+    identity = {"identity": cell_identity(study, cell), "config": hashed_config(cell.config)}
+    write_json_atomic(folder / IDENTITY_FILE, identity)
     requests = eval_requests(study, cell)
     editor = build_editor(study, cell, model, tokenizer, out, progress)
     observed = unedited_observations(study, cell, requests, model, tokenizer, out)
@@ -187,8 +199,8 @@ def _run_locked_cell(study: Study, cell: Cell, out: Path, folder: Path, model, t
         log.reset()  # an interrupted sequence restarts from its first edit
         scores = [sss_scores(study, cell, model, tokenizer, r) for r in requests]
         results = evaluate(editor, requests, "sequential", checkpoints=c["checkpoints"], seed=c["seed"], **options)
-        for record, score in zip(results.records, scores):
-            log.append(_with_scores(record, score))
+        for record, score, request in zip(results.records, scores, requests):
+            log.append(_with_scores(dict(record, request_id=request_id(request)), score))
         curve, settings = results.curve, results.settings
     else:
         finished = {record["index"] for record in log.read_requests(len(requests))}
@@ -198,7 +210,7 @@ def _run_locked_cell(study: Study, cell: Cell, out: Path, folder: Path, model, t
             score = sss_scores(study, cell, model, tokenizer, requests[i])
             # Seeded by the request's position, as evaluate() over the whole list would seed it.
             results = evaluate(editor, [requests[i]], "single", seed=c["seed"] + i, **options)
-            record = dict(results.records[0], index=i, edit=i)
+            record = dict(results.records[0], index=i, edit=i, request_id=request_id(requests[i]))
             log.append(_with_scores(record, score))
             bar.update(1)
         bar.close()
@@ -209,7 +221,7 @@ def _run_locked_cell(study: Study, cell: Cell, out: Path, folder: Path, model, t
     results = EvalResults(mode=c["mode"], records=records, editor=editor.describe(), settings=settings, curve=curve)
     write_json(results, folder / REPORT, model=c["model"], data=c["data"]["eval"],
                extra={"cell": cell.label, "study": study.name, "config": c})
-    mark_done(folder, {"label": cell.label, "requests": len(records)})
+    mark_done(folder, {"label": cell.label, "requests": len(records), **identity})
 
 
 def _with_scores(record: dict, scores: Dict[str, float]) -> dict:

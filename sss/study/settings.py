@@ -1,12 +1,15 @@
-"""A study scale's settings checked by type and range before any cell runs."""
+"""A study file's tables checked by type and range before any cell runs: a scale's settings, its
+editor options, the regularizers (expanded into one setting per combination)."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+from typing import List, Optional, Sequence
 
 from ..editors import editor_class, editor_names
 
-__all__ = ["check_editor_overrides", "check_settings"]
+__all__ = ["check_editor_overrides", "check_settings", "expand_regularizers"]
 
 
 def _count(value, *, allow_none=False) -> bool:
@@ -58,3 +61,23 @@ def check_editor_overrides(editor: str, options, where: str) -> None:
     unknown = sorted(set(options) - fields)
     if unknown:
         raise ValueError(f"{where}: {editor} has no option(s) {unknown}; its options are {', '.join(sorted(fields))}")
+
+
+def expand_regularizers(entries: Sequence, where: str) -> List[Optional[dict]]:
+    """``"none"`` -> None; a table -> SSS settings, one per combination of its list-valued fields."""
+    allowed = {"C", "target", "tokens", "reduction"}
+    result: List[Optional[dict]] = []
+    for entry in entries:
+        if entry == "none":
+            result.append(None)
+            continue
+        if not isinstance(entry, dict) or set(entry) - allowed:
+            raise ValueError(f"{where}: a regularizer is 'none' or a table with keys {sorted(allowed)}, got {entry!r}")
+        keys = sorted(entry)
+        values = [entry[k] if isinstance(entry[k], list) else [entry[k]] for k in keys]
+        for combination in itertools.product(*values):
+            settings = {"C": 0.9, "target": "last_hidden", "tokens": "prompt", "reduction": "mean"}
+            settings.update(dict(zip(keys, combination)))
+            settings["C"] = float(settings["C"])
+            result.append(settings)
+    return result

@@ -15,8 +15,9 @@ A file names a grid (see docs/study.md for every key)::
     [scales.cpu.editors.serac]             # editor options at this scale (over the editor's
     cf_layers = 4                          # own study_options for it)
 
-A cell is one (editor, dataset, regularizer, seed) run; its ``config`` is everything that decides
-its records, and the folder it writes is ``<label>-<hash of config>``.
+A cell is one (editor, dataset, regularizer, seed) run; its ``config`` holds the settings that
+decide its records, and the folder it writes is ``<label>-<hash>`` of those settings and of the
+cell's identity (the data's content, the weights, the code's versions: :mod:`sss.study.identity`).
 """
 from __future__ import annotations
 
@@ -29,12 +30,12 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Union
 
 from ..editors import editor_class, editor_names
 
 from .defaults import DATA_ENV, DATASETS, EDITED_BLOCK, SCALE_NAMES, SCALES, SUMMARIES, TRAINING_DATA
-from .settings import check_editor_overrides, check_settings
+from .settings import check_editor_overrides, check_settings, expand_regularizers
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,10 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return config_hash(self.config)
+        """The hash of the cell's settings and identity (data content, weights, code versions)."""
+        from .identity import cell_identity, hashed_config
+
+        return config_hash({"config": hashed_config(self.config), "identity": cell_identity(self.study, self)})
 
     @property
     def folder_name(self) -> str:
@@ -231,26 +235,6 @@ def data_spec(name: str, table: Optional[dict], where: str) -> DataSpec:
         if key in fields and not isinstance(fields[key], str):
             raise ValueError(f"{where}: [data.{name}].{key} must be text, got {fields[key]!r}")
     return DataSpec(name=name, **fields)
-
-
-def expand_regularizers(entries: Sequence, where: str) -> List[Optional[dict]]:
-    """``"none"`` -> None; a table -> SSS settings, one per combination of its list-valued fields."""
-    allowed = {"C", "target", "tokens", "reduction"}
-    result: List[Optional[dict]] = []
-    for entry in entries:
-        if entry == "none":
-            result.append(None)
-            continue
-        if not isinstance(entry, dict) or set(entry) - allowed:
-            raise ValueError(f"{where}: a regularizer is 'none' or a table with keys {sorted(allowed)}, got {entry!r}")
-        keys = sorted(entry)
-        values = [entry[k] if isinstance(entry[k], list) else [entry[k]] for k in keys]
-        for combination in itertools.product(*values):
-            settings = {"C": 0.9, "target": "last_hidden", "tokens": "prompt", "reduction": "mean"}
-            settings.update(dict(zip(keys, combination)))
-            settings["C"] = float(settings["C"])
-            result.append(settings)
-    return result
 
 
 def make_cell(study: Study, editor: str, data: DataSpec, regularizer: Optional[dict], seed: int,

@@ -20,6 +20,8 @@ import numpy as np
 from ..eval.paired import paired_arrays, per_request
 from ..eval.report import TABLE_ROWS
 from .figures import plot_c_sweep, plot_scatter, plot_sequential
+from .identity import request_id
+from .requests import eval_requests
 from .runner import cell_folder, load_cell_results
 from .spec import Study, regularizer_label
 from ..eval.statistics import compare_paired, format_cell, hierarchical_bootstrap, paired_bootstrap, sign_flip_test, \
@@ -80,7 +82,12 @@ class Finished:
         self.missing: List[str] = []
         self.partial: List[str] = []  # "label (k of n requests)" of the unfinished cells read
         for cell in study.cells:
-            folder = cell_folder(out, cell)
+            try:
+                folder = cell_folder(out, cell)  # its identity: reads the cell's data
+            except ValueError as error:  # e.g. a training file absent here: nothing of it can be read
+                logger.warning("%s is left out of the summary: %s", cell.label, error)
+                self.missing.append(cell.label)
+                continue
             if is_done(folder):
                 results = load_cell_results(folder)
             else:
@@ -92,6 +99,7 @@ class Finished:
                 # have recorded so far.
                 results = PartialResults(records)
                 self.partial.append(f"{cell.label} ({len(records)} of {cell.config['length'] or cell.config['data']['requests']} requests)")
+            check_requests(study, cell, folder, results.records)
             c = cell.config
             reg = regularizer_label(c["regularizer"])
             key = (c["editor"], c["data"]["name"], c.get("length"), reg, c["seed"])
@@ -107,6 +115,18 @@ class Finished:
         for (editor, dataset, length, reg, seed), results in self.runs.items():
             grouped[(editor, dataset, length)][reg][seed] = results
         return grouped
+
+
+def check_requests(study: Study, cell, folder: Path, records: List[dict]) -> None:
+    """Refuse records of other requests than the cell's (each names its request by ``request_id``;
+    records written before ids existed are paired by position, case id and prompt, as before)."""
+    ids = [request_id(r) for r in eval_requests(study, cell)]
+    for record in records:
+        index, recorded = record.get("index"), record.get("request_id")
+        if recorded is not None and (not isinstance(index, int) or not 0 <= index < len(ids) or ids[index] != recorded):
+            raise ValueError(f"{folder}: record {index} measured request {recorded}, not the cell's request "
+                             f"({ids[index] if isinstance(index, int) and 0 <= index < len(ids) else 'none'}): "
+                             "its records come from other data and are not paired")
 
 
 def comparison_table(finished: Finished, rows, resamples: int) -> str:

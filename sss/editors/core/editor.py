@@ -51,6 +51,9 @@ class Editor(ABC):
     # Config overrides per study scale ("smoke", "cpu", "gpu"), under a study file's own overrides:
     # e.g. a few steps at the smoke scale so that a smoke study stays quick.
     study_options: Dict[str, dict] = {}
+    # Bump when the same request, model and options would give other edits (a fixed bug, a new
+    # default): a study cell records it, and a cell recorded under another version is stale.
+    records_version = 1
 
     @classmethod
     def is_trainable(cls) -> bool:
