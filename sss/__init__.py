@@ -4,8 +4,7 @@ from .editors import EditHandle, Editor, public_names
 from .eval import evaluate
 from .losses import SparsityRegularizer, SSSRegularizer, sss_loss, sss_penalty
 from .models import load_model
-
-__version__ = "0.1.0"
+from .version import __version__
 
 # Every registered editor class by its class name (FTL, MEND, SERAC, ...): a new editor package
 # (or an installed plugin) becomes `from sss import NAME` with no line here.

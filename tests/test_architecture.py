@@ -13,8 +13,8 @@ from typing import Dict, Iterator, Set, Tuple
 
 SSS = Path(__file__).resolve().parents[1] / "sss"
 # files: the crash-safe file helpers, progress: bars or log lines; ground level like data.
-LEVELS = {"data": 0, "models": 0, "distributed": 0, "files": 0, "progress": 0, "losses": 1, "eval": 2, "train": 3, "editors": 4, "study": 5,
-          "cli": 6}
+LEVELS = {"data": 0, "models": 0, "distributed": 0, "files": 0, "progress": 0, "version": 0, "stats": 1, "losses": 1,
+          "eval": 2, "train": 3, "editors": 4, "study": 5, "cli": 6}
 EXEMPT = {"__init__", "__main__"}  # sss/__init__.py (the public API) and sss/__main__.py (the entry point)
 
 

@@ -25,6 +25,7 @@ COMMANDS: Dict[str, str] = {
     "demo": "sss.cli.demo",
     "train": "sss.cli.train",
     "study": "sss.cli.study",
+    "stats": "sss.cli.stats",
 }
 
 __all__ = ["COMMANDS", "build_parser", "main", "parse_options"]

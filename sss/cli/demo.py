@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import eval as eval_command
-from .checks import positive_int
+from .checks import positive_int, seed
 from .options import DEFAULT_MODEL, add_device_option, add_model_option, add_output_options, add_sss_options
 
 # How many demo requests `sss demo` edits by default: FT-L with and without SSS on smollm2-135m
@@ -21,7 +21,7 @@ def add_command(subparsers) -> None:
     add_model_option(parser)
     parser.add_argument("--limit", type=positive_int, default=DEMO_LIMIT,
                         help="edit at most N demo requests (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for each edit (default: %(default)s)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed for each edit (default: %(default)s)")
     eval_command.add_measurement_options(parser, out="sss-results/demo")
     add_device_option(parser)
     add_output_options(parser)

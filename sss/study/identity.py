@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from .. import __version__
+from ..version import __version__
 from ..data import EditRequest
 from ..editors import editor_class
 from ..eval import MEASUREMENT_VERSION
