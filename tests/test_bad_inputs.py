@@ -149,7 +149,7 @@ CASES = [
     ("ftl: objective not text", lambda c: ftl(c, objective=["target_new"]), ValueError, "unknown FT-L objective"),
     ("ftl: unknown option", lambda c: ftl(c, learning_rate=1.0), ValueError, "learning_rate"),
     ("ftl: regularizer by name", lambda c: ftl(c, regularizer="sss"), ValueError, "regularizer must be a SparsityRegularizer"),
-    ("editor: unknown name", lambda c: editor_class("rome"), ValueError, "unknown editor 'rome'"),
+    ("editor: unknown name", lambda c: editor_class("romeo"), ValueError, "unknown editor 'romeo'"),
     # --- requests and edits
     ("request: empty target", lambda c: EditRequest(PROMPT, " "), ValueError, "EditRequest.target_new is empty"),
     ("request: target a dict", lambda c: EditRequest(PROMPT, {"str": "Rome"}), ValueError,
@@ -339,7 +339,7 @@ CLI_CASES = [
     ("cli: limit text", lambda c: EVAL + ["--limit", "ten"], "argument --limit: expected a positive integer, got 'ten'"),
     ("cli: train max steps zero", lambda c: TRAIN + ["--max-steps", "0", "--out", str(c.tmp / "o")],
      "argument --max-steps: expected a positive integer"),
-    ("cli: unknown editor", lambda c: EVAL + ["--editor", "rome", "--out", str(c.tmp / "o")], "unknown editor 'rome'"),
+    ("cli: unknown editor", lambda c: EVAL + ["--editor", "romeo", "--out", str(c.tmp / "o")], "unknown editor 'romeo'"),
     ("cli: bad sss target", lambda c: EVAL + ["--sss-target", "middle"], "block index, got 'middle'"),
     ("cli: device meta", lambda c: EVAL + ["--device", "meta", "--out", str(c.tmp / "o")],
      "--device 'meta': the meta device holds no values"),

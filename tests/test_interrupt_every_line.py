@@ -231,3 +231,12 @@ def test_session_edit_and_restore(tiny_gpt2):
         assert session is None or session.state == "restored"
 
     every_line(model, tokenizer, action, finish, after_interrupt=after_interrupt)
+
+
+def test_rome_edit(tiny_gpt2, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSS_CACHE", str(tmp_path))
+    model, tokenizer = tiny_gpt2
+    editor = sss.ROME(model, tokenizer, v_steps=2, stats_tokens=64, context_templates=[[4, 2]], progress=False)
+    editor.prepare()  # statistics and prefixes once (they change nothing of the model)
+    request = EditRequest("The language spoken by Danielle Darrieux", "English", subject="Danielle Darrieux")
+    every_line(model, tokenizer, lambda: editor.edit(request), restore)

@@ -67,25 +67,31 @@ def test_shipped_grids_load_at_every_scale():
     assert targets == {None, "last_hidden", "input_embeds", "edited_block"}
 
 
+NOT_RUN_YET = {"rome"}  # editors whose CPU-scale cells are not in study-results yet
+
+
 def test_the_shipped_grids_name_exactly_the_committed_cells(shared_data, smollm2):
     """The committed CPU-scale results are the cells the shipped grids ask for, on the shared data and
     the bundled SmolLM2 (their identity), so that no finished cell reruns and none is stale."""
     results = STUDIES.parent / "study-results"
     for path in sorted(STUDIES.glob("*.toml")):
         study = load_study(path, "cpu", data_root=shared_data)
+        cells = [c for c in study.cells if c.editor not in NOT_RUN_YET]
         committed = {p.name for p in (results / study.name).iterdir() if p.is_dir()}
-        missing = [c.folder_name for c in study.cells if c.folder_name not in committed]
+        missing = [c.folder_name for c in cells if c.folder_name not in committed]
         assert not missing, f"{path.name}: cells whose identity changed: {missing[:3]}"
-        assert stale_folders(study, results) == []
+        assert committed == {c.folder_name for c in cells}
+        assert stale_folders(study, results, cells) == []
 
 
 def test_editor_options_come_from_the_registry():
     smoke = load_study(grid(editors="all"), "smoke")
     options = {c.editor: c.config["editor_options"] for c in smoke.cells}
     assert options == {"ft-l": {"steps": 3}, "mend": {"rank": 8, "stats_requests": 4},
+                       "rome": {"v_steps": 3, "stats_tokens": 256, "context_templates": [[5, 2]]},
                        "serac": {"train_encoder": False}}
-    with pytest.raises(ValueError, match=r"unknown editor\(s\) \['rome'\]; registered editors: ft-l, mend, serac"):
-        load_study(grid(editors=["ft-l", "rome"]), "smoke")
+    with pytest.raises(ValueError, match=r"unknown editor\(s\) \['romeo'\]; registered editors: ft-l, mend, rome, serac"):
+        load_study(grid(editors=["ft-l", "romeo"]), "smoke")
 
 
 def test_shipped_grid_runs_on_real_data(tmp_path, shared_data):
