@@ -104,11 +104,11 @@ def test_an_installed_editor_package_joins_the_library_and_the_command_line(site
     names = run_sss(site, "-c", "import sss, sss.editors as e; print(e.editor_names(), 'ToyEditor' in sss.__all__, "
                                 "sss.ToyEditor.display_name, e.ToyConfig().steps)", cwd=tmp_path)
     assert names.returncode == 0, names.stderr
-    assert names.stdout.split("\n")[0] == "['ft-l', 'mend', 'rome', 'serac', 'toy'] True Toy 30"
+    assert names.stdout.split("\n")[0] == "['ft-l', 'memit', 'mend', 'rome', 'serac', 'toy'] True Toy 30"
     assert "editor plugin 'broken'" in names.stderr and "this plugin is broken" in names.stderr
 
     usage = run_sss(site, "-m", "sss", "eval", "--help", cwd=tmp_path)
-    assert usage.returncode == 0 and "ft-l, mend, rome, serac, toy" in " ".join(usage.stdout.split())
+    assert usage.returncode == 0 and "ft-l, memit, mend, rome, serac, toy" in " ".join(usage.stdout.split())
 
     out = tmp_path / "eval"
     run = run_sss(site, "-m", "sss", "eval", "--editor", "toy", "--model", "tiny-gpt2", "--data",

@@ -240,3 +240,14 @@ def test_rome_edit(tiny_gpt2, tmp_path, monkeypatch):
     editor.prepare()  # statistics and prefixes once (they change nothing of the model)
     request = EditRequest("The language spoken by Danielle Darrieux", "English", subject="Danielle Darrieux")
     every_line(model, tokenizer, lambda: editor.edit(request), restore)
+
+
+def test_memit_edit(tiny_gpt2, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSS_CACHE", str(tmp_path))
+    model, tokenizer = tiny_gpt2
+    editor = sss.MEMIT(model, tokenizer, layers=[0, 1], v_steps=2, stats_tokens=64, context_templates=[[4, 1]],
+                       progress=False)
+    editor.prepare()
+    requests = [EditRequest("The language spoken by Danielle Darrieux", "English", subject="Danielle Darrieux"),
+                EditRequest("The city of the Eiffel Tower", "Rome", subject="the Eiffel Tower")]
+    every_line(model, tokenizer, lambda: editor.edit(requests), restore)

@@ -8,8 +8,8 @@ import math
 import numbers
 from typing import Optional, Tuple
 
-__all__ = ["EditorConfig", "OuterLossConfig", "block_list", "is_integer", "require_bool", "require_positive_integer",
-           "require_real"]
+__all__ = ["EditorConfig", "OuterLossConfig", "block_list", "check_locate_then_edit", "is_integer", "require_bool",
+           "require_positive_integer", "require_real"]
 
 
 @dataclasses.dataclass
@@ -69,3 +69,29 @@ class OuterLossConfig(EditorConfig):
     def __post_init__(self):
         for name in ("c_e", "c_loc"):
             require_real(f"{type(self).__name__}.{name}", getattr(self, name), minimum=0.0)
+
+
+def check_locate_then_edit(config) -> None:
+    """The fields ROME and MEMIT share: the value search (``sss.editors.core.value``), the key
+    statistics and the sampled context templates. Normalises ``layers`` and ``context_templates``."""
+    if config.layers is not None:
+        config.layers = block_list(config.layers)
+    require_positive_integer("v_steps", config.v_steps)
+    require_real("v_lr", config.v_lr, positive=True)
+    for name in ("v_weight_decay", "kl_factor"):
+        require_real(name, getattr(config, name), minimum=0.0)
+    require_real("clamp_norm_factor", config.clamp_norm_factor, positive=True)
+    require_real("early_stop_loss", config.early_stop_loss)  # negative: never stop early
+    if not isinstance(config.stats_corpus, str) or not config.stats_corpus.strip():
+        raise ValueError(f"stats_corpus must name a corpus, got {config.stats_corpus!r}")
+    if config.stats_tokens is not None:
+        require_positive_integer("stats_tokens", config.stats_tokens, extra=" (or None for 10 x the key width)")
+    templates = config.context_templates
+    if not isinstance(templates, (list, tuple)) or not all(
+            isinstance(pair, (list, tuple)) and len(pair) == 2 and all(is_integer(v) and v >= 1 for v in pair)
+            for pair in templates):
+        raise ValueError(f"context_templates must be a list of [length, count] pairs of positive integers, "
+                         f"got {templates!r}")
+    config.context_templates = tuple((int(length), int(count)) for length, count in templates)
+    if not is_integer(config.template_seed) or config.template_seed < 0:
+        raise ValueError(f"template_seed must be an integer >= 0, got {config.template_seed!r}")

@@ -1,11 +1,12 @@
-"""ROME's value ``v*``: the MLP output at the subject's last token that makes the model say the target.
+"""The value ``v*`` of locate-then-edit editors: what a module outputs at the subject's last token
+when the model says the target (ROME: the MLP's output; MEMIT: the block's, the residual stream).
 
-``v* = v + δ``, where ``v`` is the block's MLP output at the subject's last token of the prompt and
+``v* = v + δ``, where ``v`` is the module's output at the subject's last token of the prompt and
 ``δ`` is found by Adam on
 
     NLL(target | prefix + prompt)  +  kl_factor · KL(p_δ || p) on "{subject} is a"  +  wd · ||δ|| / ||v||²
 
-with ``δ`` added to the MLP output at the subject's last token of every text, kept in the ball
+with ``δ`` added to the module's output at the subject's last token of every text, kept in the ball
 ``||δ|| <= clamp_norm_factor · ||v||``. The NLL is the mean over the prefixed prompts of each one's
 mean target-token NLL (every prompt has the same target, so this is the original's mean over
 tokens). The KL term reads the next-token distribution at the subject's last token of "{subject} is
@@ -24,14 +25,14 @@ from ...data import EditRequest, encode_for
 from ...losses import target_nll
 from ...models import layout_of, mlp_out_path, second_order_attention
 from ...progress import progress
-from ..core.interrupts import raise_if_interrupted
+from .interrupts import raise_if_interrupted
 from .subject import in_context, subject_last_index
 
 __all__ = ["mlp_path", "optimise_value"]
 
 
 def mlp_path(model, block: int) -> str:
-    """The MLP module whose output ``δ`` is added to (the output projection's parent)."""
+    """The MLP module of ``block`` (its output projection's parent)."""
     return mlp_out_path(model, block).rsplit(".", 1)[0]
 
 
@@ -42,9 +43,10 @@ def added_at(module, rows_and_positions: List[Tuple[int, int]], delta: torch.Ten
     positions = torch.tensor([p for _, p in rows_and_positions])
 
     def add(_module, _args, output):
-        output = output.clone()
-        output[rows, positions] += delta.to(output.dtype)
-        return output
+        hidden = output[0] if isinstance(output, tuple) else output  # a block returns a tuple in some versions
+        hidden = hidden.clone()
+        hidden[rows, positions] += delta.to(hidden.dtype)
+        return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
 
     hook = module.register_forward_hook(add)
     try:
@@ -53,11 +55,10 @@ def added_at(module, rows_and_positions: List[Tuple[int, int]], delta: torch.Ten
         hook.remove()
 
 
-def optimise_value(model, tokenizer, request: EditRequest, block: int, prefixes: List[str], config, regularizer,
-                   *, show_progress: bool = False) -> Tuple[torch.Tensor, torch.Tensor, List[dict]]:
-    """``(v*, v, history)`` for ``request`` at ``block``; the model's weights are left as they are."""
+def optimise_value(model, tokenizer, request: EditRequest, module, prefixes: List[str], config, regularizer,
+                   *, show_progress: bool = False, desc: str = "v*") -> Tuple[torch.Tensor, torch.Tensor, List[dict]]:
+    """``(v*, v, history)`` for ``request`` at ``module``'s output; the model's weights are left as they are."""
     layout_of(model)
-    mlp = model.get_submodule(mlp_path(model, block))
     texts = [in_context(prefix, request.prompt) for prefix in prefixes]
     batch = encode_for(model, tokenizer, texts, [request.target_new] * len(texts))
     lookups = [(row, subject_last_index(tokenizer, text, request.subject, len(text) - len(request.prompt)))
@@ -66,24 +67,24 @@ def optimise_value(model, tokenizer, request: EditRequest, block: int, prefixes:
     kl_inputs = tokenizer(kl_text, add_special_tokens=True, return_tensors="pt").to(batch.input_ids.device)
     kl_lookup = [(0, subject_last_index(tokenizer, kl_text, request.subject))]
 
-    value = _output_at(model, mlp, batch, lookups[0])  # the bare prompt's MLP output at the subject
+    value = _output_at(model, module, batch, lookups[0])  # the bare prompt's output at the subject
     delta = torch.zeros_like(value, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=config.v_lr)
     max_norm = config.clamp_norm_factor * value.norm()
     kl_initial: Optional[torch.Tensor] = None
     history: List[dict] = []
-    steps = progress(range(config.v_steps), desc="ROME v*", enabled=show_progress, inner=True, unit="step")
+    steps = progress(range(config.v_steps), desc=desc, enabled=show_progress, inner=True, unit="step")
     for step in steps:
         raise_if_interrupted()  # a safe point: Ctrl-C stops the edit here, and it is undone
         optimizer.zero_grad(set_to_none=True)
-        with added_at(mlp, lookups, delta):
+        with added_at(module, lookups, delta):
             if regularizer is None:
                 nll, penalty = target_nll(model(**batch.model_inputs).logits, batch).mean(), None
             else:
                 with second_order_attention(model):
                     _, per_example, penalty = regularizer.loss_and_penalty(model, batch)
                 nll = per_example.mean()
-        with added_at(mlp, kl_lookup, delta):
+        with added_at(module, kl_lookup, delta):
             kl_log_probs = F.log_softmax(model(**kl_inputs).logits[0, kl_lookup[0][1]].float(), dim=-1)
         if kl_initial is None:
             kl_initial = kl_log_probs.detach()
@@ -105,9 +106,14 @@ def optimise_value(model, tokenizer, request: EditRequest, block: int, prefixes:
     return (value + delta).detach(), value, history
 
 
-def _output_at(model, mlp, batch, lookup) -> torch.Tensor:
+def _output_at(model, module, batch, lookup) -> torch.Tensor:
     taken = []
-    hook = mlp.register_forward_hook(lambda _m, _a, output: taken.append(output[lookup[0], lookup[1]].detach()))
+
+    def take(_module, _args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        taken.append(hidden[lookup[0], lookup[1]].detach())
+
+    hook = module.register_forward_hook(take)
     try:
         with torch.no_grad():
             model(**batch.model_inputs)
