@@ -76,12 +76,12 @@ def test_the_shipped_grids_name_exactly_the_committed_cells(shared_data, smollm2
     results = STUDIES.parent / "study-results"
     for path in sorted(STUDIES.glob("*.toml")):
         study = load_study(path, "cpu", data_root=shared_data)
-        cells = [c for c in study.cells if c.editor not in NOT_RUN_YET]
         committed = {p.name for p in (results / study.name).iterdir() if p.is_dir()}
-        missing = [c.folder_name for c in cells if c.folder_name not in committed]
+        missing = [c.folder_name for c in study.cells
+                   if c.editor not in NOT_RUN_YET and c.folder_name not in committed]
         assert not missing, f"{path.name}: cells whose identity changed: {missing[:3]}"
-        assert committed == {c.folder_name for c in cells}
-        assert stale_folders(study, results, cells) == []
+        assert committed <= {c.folder_name for c in study.cells}  # (the newer editors' cells may be under way)
+        assert stale_folders(study, results) == []
 
 
 def test_editor_options_come_from_the_registry():
