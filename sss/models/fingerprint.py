@@ -9,7 +9,6 @@ are built (milliseconds) and their tensors hashed.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -32,8 +31,8 @@ def model_fingerprint(name: str) -> str:
     if not files:
         raise ValueError(f"model {name!r}: no weight files ({', '.join(WEIGHT_SUFFIXES)}) in {folder}")
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(f"{path.relative_to(folder)}|{_file_sha256(path)}|".encode())
+    for path, sha in zip(files, _file_hashes(files)):
+        digest.update(f"{path.relative_to(folder)}|{sha}|".encode())
     return "files:" + digest.hexdigest()[:16]
 
 
@@ -63,33 +62,30 @@ def _cached_snapshot(name: str, cache: str) -> Optional[Path]:
     return Path(config).parent if isinstance(config, str) else None
 
 
-@functools.lru_cache(maxsize=None)
-def _memo_path() -> Path:
-    return cache_dir() / MEMO_FILE
-
-
-def _file_sha256(path: Path) -> str:
-    """The file's SHA-256, from the memo while its size and modification time are unchanged."""
-    resolved = path.resolve()
-    stat = resolved.stat()
-    key, stamp = str(resolved), [stat.st_size, stat.st_mtime_ns]
+def _file_hashes(files: List[Path]) -> List[str]:
+    """Each file's SHA-256, from the memo while its size and modification time are unchanged; the
+    memo is read once and written once (when a file had to be hashed)."""
+    memo_path = cache_dir() / MEMO_FILE
     memo: Dict[str, list] = {}
-    memo_path = _memo_path()
     if memo_path.is_file():
         try:
             loaded = read_json(memo_path)
             memo = loaded if isinstance(loaded, dict) else {}
         except ValueError:  # a damaged memo is only a cache: start a new one
             memo = {}
-    entry = memo.get(key)
-    if isinstance(entry, list) and len(entry) == 3 and entry[:2] == stamp:
-        return entry[2]
-    digest = sha256_file(resolved)
-    memo[key] = stamp + [digest]
-    try:
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(memo_path, memo)
-    except OSError:  # a read-only cache folder: hash again next time
-        pass
-    return digest
-
+    hashes, changed = [], False
+    for path in files:
+        resolved = path.resolve()
+        stat = resolved.stat()
+        key, stamp = str(resolved), [stat.st_size, stat.st_mtime_ns]
+        entry = memo.get(key)
+        if not (isinstance(entry, list) and len(entry) == 3 and entry[:2] == stamp):
+            memo[key], changed = stamp + [sha256_file(resolved)], True
+        hashes.append(memo[key][2])
+    if changed:
+        try:
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(memo_path, memo)
+        except OSError:  # a read-only cache folder: hash again next time
+            pass
+    return hashes

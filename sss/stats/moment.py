@@ -29,6 +29,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
+from ..data import pad_id, pad_sequences
 from ..files import read_json, save_safetensors_atomic, verify_manifest, weights_fingerprint, write_json_atomic, \
     write_manifest
 from ..models import cache_dir, layout_of, mlp_out_path, num_blocks
@@ -63,10 +64,11 @@ def key_second_moment(model: nn.Module, tokenizer, block: int, *, corpus: str = 
     if not isinstance(max_length, int) or max_length < 2 or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"max_length must be an integer >= 2 and batch_size >= 1, got {max_length!r}, {batch_size!r}")
     weights = key_weights_fingerprint(model, block)
-    folder = Path(folder) if folder is not None else stats_folder(model, block, corpus, tokens, seed, max_length)
+    folder = Path(folder) if folder is not None else stats_folder(model, block, corpus, tokens, seed, max_length,
+                                                                   weights=weights)
     if (folder / "manifest.json").exists():
         return _read_cached(folder, weights)
-    total, count = _accumulate(model, tokenizer, projection, folder, weights, corpus=corpus, tokens=tokens,
+    total, count = _accumulate(model, tokenizer, block, projection, folder, weights, corpus=corpus, tokens=tokens,
                                seed=seed, batch_size=batch_size, max_length=max_length,
                                checkpoint_every=checkpoint_every, progress=progress)
     save_safetensors_atomic({"sum": total, "count": torch.tensor([count], dtype=torch.int64)}, folder / MOMENT_FILE)
@@ -76,12 +78,14 @@ def key_second_moment(model: nn.Module, tokenizer, block: int, *, corpus: str = 
     return total / count
 
 
-def stats_folder(model: nn.Module, block: int, corpus: str, tokens: int, seed: int = 0, max_length: int = 128) -> Path:
+def stats_folder(model: nn.Module, block: int, corpus: str, tokens: int, seed: int = 0, max_length: int = 128, *,
+                 weights: Optional[str] = None) -> Path:
     """Where the statistics of ``model``'s ``block`` are cached: by the model's name (a model built in
-    memory, without one, by its architecture and the fingerprint of the weights the keys depend on)."""
+    memory, without one, by its architecture and the fingerprint of the weights the keys depend on,
+    ``weights`` when the caller has it already)."""
     config = getattr(model, "config", None)
     name = getattr(config, "name_or_path", "") or \
-        f"{getattr(config, 'model_type', 'model')}-{key_weights_fingerprint(model, block)[:12]}"
+        f"{getattr(config, 'model_type', 'model')}-{(weights or key_weights_fingerprint(model, block))[:12]}"
     model_slug = re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip("-") or "model"
     return cache_dir() / "stats" / model_slug / f"block{block}-{corpus_id(corpus, seed)}-{tokens}tok-len{max_length}"
 
@@ -129,14 +133,14 @@ def _read_cached(folder: Path, weights: str) -> torch.Tensor:
     return stored["sum"] / int(stored["count"][0])
 
 
-def _accumulate(model, tokenizer, projection, folder: Path, weights: str, *, corpus, tokens, seed, batch_size,
-                max_length, checkpoint_every, progress) -> Tuple[torch.Tensor, int]:
+def _accumulate(model, tokenizer, block: int, projection, folder: Path, weights: str, *, corpus, tokens, seed,
+                batch_size, max_length, checkpoint_every, progress) -> Tuple[torch.Tensor, int]:
     d_k = _key_width(projection)
     total, count, chunk = _resume(folder, weights, d_k)
     windows = None if corpus == MODEL_SAMPLES else _windows(tokenizer, corpus, max_length)
     if windows is not None and sum(len(w) for w in windows) < tokens:
         raise ValueError(f"the corpus {corpus} holds {sum(len(w) for w in windows)} tokens; ask for at most that many")
-    bar = counter(total=tokens, desc=f"key statistics, block {_block_of(model, projection)}", enabled=progress,
+    bar = counter(total=tokens, desc=f"key statistics, block {block}", enabled=progress,
                   initial=count, unit="tok")
     saved_at = time.monotonic()
     while count < tokens:
@@ -152,10 +156,6 @@ def _accumulate(model, tokenizer, projection, folder: Path, weights: str, *, cor
             saved_at = time.monotonic()
     bar.close()
     return total, count
-
-
-def _block_of(model, projection) -> int:
-    return next(i for i in range(num_blocks(model)) if model.get_submodule(mlp_out_path(model, i)) is projection)
 
 
 def _keys(model, projection, ids, mask) -> torch.Tensor:
@@ -192,14 +192,7 @@ def _windows(tokenizer, corpus: str, max_length: int) -> List[List[int]]:
 
 
 def _padded(windows, tokenizer, model):
-    device = next(model.parameters()).device
-    width = max(len(w) for w in windows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(windows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(windows), width), dtype=torch.long)
-    for row, window in enumerate(windows):
-        ids[row, :len(window)], mask[row, :len(window)] = torch.tensor(window), 1
-    return ids.to(device), mask.to(device)
+    return pad_sequences(windows, pad_id(tokenizer), left=False, device=next(model.parameters()).device)
 
 
 def _resume(folder: Path, weights: str, d_k: int) -> Tuple[torch.Tensor, int, int]:

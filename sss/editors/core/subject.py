@@ -11,6 +11,8 @@ from typing import List, Sequence, Tuple
 
 import torch
 
+from ...data import pad_id, pad_sequences
+
 __all__ = ["in_context", "keys_at", "read_at", "sampled_prefixes", "subject_last_index"]
 
 
@@ -42,7 +44,7 @@ def sampled_prefixes(model, tokenizer, lengths: Sequence[Tuple[int, int]], seed:
     device = next(model.parameters()).device
     prefixes = [""]
     devices = [device] if device.type == "cuda" else []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     for index, (length, count) in enumerate(lengths):
         for offset, start in enumerate(starts):
             ids = tokenizer(start, add_special_tokens=True, return_tensors="pt")["input_ids"].to(device)
@@ -65,14 +67,8 @@ def read_at(model, tokenizer, module, texts: Sequence[str], subject: str, tail: 
     """``module``'s input (or ``output``) at the subject's last token of each text: ``[len(texts), width]``."""
     encoded = [tokenizer(text, add_special_tokens=True)["input_ids"] for text in texts]
     positions = [subject_last_index(tokenizer, text, subject, len(text) - len(tail)) for text in texts]
-    width = max(len(ids) for ids in encoded)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
-    ids = torch.full((len(texts), width), pad, dtype=torch.long, device=device)
-    mask = torch.zeros((len(texts), width), dtype=torch.long, device=device)
-    for row, row_ids in enumerate(encoded):
-        ids[row, :len(row_ids)] = torch.tensor(row_ids, device=device)
-        mask[row, :len(row_ids)] = 1
+    ids, mask = pad_sequences(encoded, pad_id(tokenizer), left=False, device=device)
     taken = []
 
     def take_input(_module, args):

@@ -26,7 +26,7 @@ from ...losses import target_nll
 from ...models import layout_of, mlp_out_path, second_order_attention
 from ...progress import progress
 from .interrupts import raise_if_interrupted
-from .subject import in_context, subject_last_index
+from .subject import in_context, read_at, subject_last_index
 
 __all__ = ["mlp_path", "optimise_value"]
 
@@ -67,7 +67,7 @@ def optimise_value(model, tokenizer, request: EditRequest, module, prefixes: Lis
     kl_inputs = tokenizer(kl_text, add_special_tokens=True, return_tensors="pt").to(batch.input_ids.device)
     kl_lookup = [(0, subject_last_index(tokenizer, kl_text, request.subject))]
 
-    value = _output_at(model, module, batch, lookups[0])  # the bare prompt's output at the subject
+    value = read_at(model, tokenizer, module, [request.prompt], request.subject, request.prompt, output=True)[0]
     delta = torch.zeros_like(value, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=config.v_lr)
     max_norm = config.clamp_norm_factor * value.norm()
@@ -105,18 +105,3 @@ def optimise_value(model, tokenizer, request: EditRequest, module, prefixes: Lis
                 delta.mul_(max_norm / delta.norm())
     return (value + delta).detach(), value, history
 
-
-def _output_at(model, module, batch, lookup) -> torch.Tensor:
-    taken = []
-
-    def take(_module, _args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        taken.append(hidden[lookup[0], lookup[1]].detach())
-
-    hook = module.register_forward_hook(take)
-    try:
-        with torch.no_grad():
-            model(**batch.model_inputs)
-    finally:
-        hook.remove()
-    return taken[0].clone()
